@@ -1,0 +1,1 @@
+"""Wire codecs: unsigned varints and a small, bounded protobuf reader/writer."""
