@@ -1,0 +1,57 @@
+"""lattica_nb: a Jupyter-native peer-to-peer mesh (libp2p wire protocols).
+
+Public API::
+
+    from lattica_nb import Node, NodeConfig
+
+    async with Node(NodeConfig(ephemeral=True)) as node:
+        info = await node.connect("/ip4/127.0.0.1/udp/4001/quic-v1/p2p/12D3KooW...")
+        rtts = await node.ping(info.peer_id)
+
+Names are imported on first use, so ``import lattica_nb`` stays cheap and a
+submodule can be used without loading the whole stack.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "LatticaError": ".errors",
+    "Multiaddr": ".multiaddr",
+    "Node": ".node",
+    "NodeConfig": ".config",
+    "NodeEvent": ".events",
+    "PeerConnected": ".events",
+    "PeerDisconnected": ".events",
+    "PeerId": ".identity",
+    "PeerIdentified": ".events",
+    "PeerInfo": ".node",
+    "PrivateKey": ".identity",
+    "PublicKey": ".identity",
+    "Stream": ".protocols.router",
+}
+
+__all__ = [*sorted(_EXPORTS), "__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'lattica_nb' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
+
+
+if TYPE_CHECKING:
+    from .config import NodeConfig
+    from .errors import LatticaError
+    from .events import NodeEvent, PeerConnected, PeerDisconnected, PeerIdentified
+    from .identity import PeerId, PrivateKey, PublicKey
+    from .multiaddr import Multiaddr
+    from .node import Node, PeerInfo
+    from .protocols.router import Stream
