@@ -1,0 +1,169 @@
+"""The ``lattica-nb`` command.
+
+    lattica-nb id                      print this machine's peer id
+    lattica-nb node --listen ADDR      run a long-lived peer (bootstrap node)
+    lattica-nb ping ADDR               connect to a peer and ping it
+    lattica-nb demo                    three peers on 127.0.0.1 finding each other
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+import anyio
+
+from . import __version__
+from .config import DEFAULT_PROTOCOL_VERSION, NodeConfig
+from .errors import LatticaError
+from .events import PeerConnected, PeerDisconnected, PeerIdentified
+from .identity import PeerId, default_key_path, load_or_create_identity
+from .node import Node
+
+
+def _say(line: str) -> None:
+    print(line, flush=True)
+
+
+def _node_config(args: argparse.Namespace) -> NodeConfig:
+    return NodeConfig(
+        listen=tuple(args.listen or ("/ip4/127.0.0.1/udp/0/quic-v1",)),
+        bootstrap=tuple(args.bootstrap or ()),
+        key_path=args.key,
+        ephemeral=args.ephemeral,
+        protocol_version=args.protocol_version,
+        idle_timeout_s=args.idle_timeout,
+    )
+
+
+async def _run_node(args: argparse.Namespace) -> None:
+    async with Node(_node_config(args)) as node, node.subscribe() as events:
+        _say(f"peer id: {node.peer_id}")
+        for addr in node.listen_addrs:
+            _say(f"listening: {addr}")
+        async for event in events:
+            if isinstance(event, PeerConnected):
+                direction = "inbound" if event.inbound else "outbound"
+                _say(f"connected: {event.peer} via {event.addr} ({direction})")
+            elif isinstance(event, PeerIdentified):
+                info = event.info
+                _say(
+                    f"identified: {event.peer} agent={info.agent_version} "
+                    f"protocol={info.protocol_version} protocols={','.join(info.protocols)}"
+                )
+            elif isinstance(event, PeerDisconnected):
+                _say(f"disconnected: {event.peer} ({event.reason})")
+
+
+async def _run_ping(args: argparse.Namespace) -> None:
+    config = NodeConfig(ephemeral=True, protocol_version=args.protocol_version)
+    async with Node(config) as node:
+        info = await node.connect(args.addr)
+        _say(f"connected to {info.peer_id} ({info.agent_version or 'agent unknown'})")
+        for rtt in await node.ping(info.peer_id, count=args.count):
+            _say(f"rtt: {rtt * 1000:.3f} ms")
+
+
+async def _run_demo(args: argparse.Namespace) -> None:
+    """Start N peers on 127.0.0.1; every peer dials the first; all identify and ping."""
+    count = args.peers
+    nodes: list[Node] = []
+    async with anyio.create_task_group():
+        try:
+            for _ in range(count):
+                node = Node(NodeConfig(ephemeral=True))
+                await node.__aenter__()
+                nodes.append(node)
+            hub = nodes[0]
+            _say(f"started {count} peers on 127.0.0.1:")
+            for i, node in enumerate(nodes):
+                _say(f"  peer {i}: {node.listen_addrs[0]}")
+            for i, node in enumerate(nodes[1:], start=1):
+                info = await node.connect(hub.listen_addrs[0])
+                _say(f"peer {i} joined via peer 0 ({info.peer_id.short()}): "
+                     f"agent {info.agent_version}, speaks {', '.join(info.protocols)}")
+            # peer 0 now knows everyone's listen addresses from identify: share them
+            for i, node in enumerate(nodes[1:], start=1):
+                for j, other in enumerate(nodes[1:], start=1):
+                    if j <= i:
+                        continue
+                    addr = hub.peer_info(other.peer_id).addrs[0]
+                    info = await node.connect(addr)
+                    _say(f"peer {i} found peer {j} through peer 0's peer table at {addr}")
+            _say("mesh:")
+            for i, node in enumerate(nodes):
+                for peer in node.peers():
+                    rtts = await node.ping(peer.peer_id, count=5)
+                    best = min(rtts) * 1000
+                    _say(f"  peer {i} -> {peer.peer_id.short()}: ping {best:.2f} ms "
+                         f"(observed us at {peer.observed_addr})")
+        finally:
+            for node in reversed(nodes):
+                await node.__aexit__(None, None, None)
+    _say("all peers stopped cleanly")
+
+
+def _print_id(args: argparse.Namespace) -> None:
+    key = load_or_create_identity(args.key)
+    _say(str(PeerId.from_public_key(key.public_key)))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lattica-nb", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"lattica-nb {__version__}")
+    parser.add_argument("-v", "--verbose", action="count", default=0,
+                        help="log more (-v: info, -vv: debug)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p_id = sub.add_parser("id", help="print this machine's peer id")
+    p_id.add_argument("--key", type=Path, default=None,
+                      help=f"identity key file (default {default_key_path()})")
+
+    p_node = sub.add_parser("node", help="run a long-lived peer")
+    p_node.add_argument("--listen", action="append", metavar="MULTIADDR",
+                        help="listen address (repeatable; default /ip4/127.0.0.1/udp/0/quic-v1)")
+    p_node.add_argument("--bootstrap", action="append", metavar="MULTIADDR",
+                        help="peer to connect to at start, with /p2p/<id> (repeatable)")
+    p_node.add_argument("--key", type=Path, default=None, help="identity key file")
+    p_node.add_argument("--ephemeral", action="store_true", help="use a fresh, unsaved key")
+    p_node.add_argument("--protocol-version", default=DEFAULT_PROTOCOL_VERSION,
+                        help="identify protocol version (/lattica/1.0.0 to join Lattica peers)")
+    p_node.add_argument("--idle-timeout", type=float, default=0.0,
+                        help="close connections idle this many seconds (0: keep them)")
+
+    p_ping = sub.add_parser("ping", help="connect to a peer and ping it")
+    p_ping.add_argument("addr", help="the peer's multiaddr, ending in /p2p/<id>")
+    p_ping.add_argument("--count", type=int, default=3)
+    p_ping.add_argument("--protocol-version", default=DEFAULT_PROTOCOL_VERSION)
+
+    p_demo = sub.add_parser("demo", help="start local peers on 127.0.0.1 and show them meet")
+    p_demo.add_argument("--peers", type=int, default=3, choices=range(2, 9), metavar="N")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    level = {0: logging.WARNING, 1: logging.INFO}.get(args.verbose, logging.DEBUG)
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        if args.command == "id":
+            _print_id(args)
+        elif args.command == "node":
+            anyio.run(_run_node, args)
+        elif args.command == "ping":
+            anyio.run(_run_ping, args)
+        elif args.command == "demo":
+            anyio.run(_run_demo, args)
+    except LatticaError as exc:
+        print(f"lattica-nb: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
