@@ -15,7 +15,7 @@ from types import TracebackType
 import anyio
 import anyio.abc
 
-from ..errors import LatticaError, LocalProtocolError, ProtocolNegotiationError
+from ..errors import LatticaError, LocalProtocolError, ProtocolNegotiationError, TransportError
 from ..identity import PeerId
 from ..transport.base import Connection, RawStream
 from ..transport.negotiate import select_inbound, select_outbound
@@ -139,6 +139,11 @@ class Router:
             await handler(stream)
         except anyio.get_cancelled_exc_class():
             raise
+        except (TransportError, anyio.EndOfStream, anyio.BrokenResourceError) as exc:
+            logger.debug("peer %s: %s stream ended under its handler: %s", peer.short(), protocol,
+                         exc)
+            await raw.reset()
+            return
         except Exception as exc:
             logger.warning("peer %s: handler for %s failed: %r", peer.short(), protocol, exc)
             await raw.reset()

@@ -30,12 +30,14 @@ def test_aioquic_internals_we_use_still_exist():
     assert context._request_client_certificate is False
     assert callable(context._set_peer_certificate)
     assert callable(context._server_handle_certificate)
-    for name in ("_write_stream_limits", "_on_max_stream_data_delivery", "_initialize"):
+    for name in ("_write_stream_limits", "_on_max_stream_data_delivery", "_initialize",
+                 "_unblock_streams"):
         assert callable(getattr(QuicConnection, name)), name
     conn = QuicConnection(configuration=QuicConfiguration(is_client=True))
     assert conn._local_max_streams_bidi.value > 0
     assert conn._close_event is None
     assert hasattr(conn, "_state") and hasattr(conn, "_remote_max_data_used")
+    assert conn._streams_blocked_bidi == []
     sender = quic_stream.QuicStreamSender(stream_id=0, writable=True)
     assert sender._buffer_start == sender._buffer_stop == 0
 

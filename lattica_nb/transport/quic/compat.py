@@ -21,7 +21,12 @@ the internals we rely on:
 4. **Close state.** aioquic reports ``ConnectionTerminated`` only after the
    draining period (three PTOs); :meth:`Libp2pQuicConnection.close_info`
    tells as soon as a close has begun, so users learn of it at once.
-5. **Send backpressure.** ``send_stream_data`` buffers without limit; we
+5. **Aborting a blocked stream.** A stream opened beyond the peer's stream
+   limit waits in aioquic until MAX_STREAMS arrives, but RESET_STREAM and
+   STOP_SENDING for it go out at once, and the peer rightly closes the whole
+   connection (STREAM_LIMIT_ERROR). :meth:`Libp2pQuicConnection.abort_stream`
+   defers those frames until the stream is unblocked.
+6. **Send backpressure.** ``send_stream_data`` buffers without limit; we
    expose the number of bytes buffered and not yet acknowledged so the
    driver can wait before writing more.
 """
@@ -71,6 +76,7 @@ class Libp2pQuicConnection(QuicConnection):
         self.verification_error: LatticaError | None = None
         self._local_max_streams_bidi.value = max_incoming_streams
         self._local_max_streams_bidi.sent = max_incoming_streams
+        self._deferred_aborts: dict[int, tuple[int, bool, bool]] = {}
 
     # -- 1 and 2: mutual authentication ------------------------------------
     def _initialize(self, peer_cid: bytes) -> None:
@@ -141,7 +147,34 @@ class Libp2pQuicConnection(QuicConnection):
         buf.push_uint_var(target)
         stream.max_stream_data_local_sent = target
 
-    # -- 5: send backpressure ----------------------------------------------
+    # -- 5: aborting streams, also blocked ones ----------------------------
+    def abort_stream(self, stream_id: int, error_code: int, *, send: bool, receive: bool) -> None:
+        """RESET_STREAM (``send``) and/or STOP_SENDING (``receive``) for a stream."""
+        stream = self._streams.get(stream_id)
+        if stream is not None and stream.is_blocked:
+            self._deferred_aborts[stream_id] = (error_code, send, receive)
+            return
+        if send:
+            try:
+                self.reset_stream(stream_id, error_code)
+            except (ValueError, AssertionError):
+                pass  # the send direction already finished
+        if receive:
+            try:
+                self.stop_stream(stream_id, error_code)
+            except (ValueError, AssertionError):
+                pass  # the receive direction already finished
+
+    def _unblock_streams(self, is_unidirectional: bool) -> None:
+        super()._unblock_streams(is_unidirectional)
+        for stream_id, (code, send, receive) in list(self._deferred_aborts.items()):
+            stream = self._streams.get(stream_id)
+            if stream is None or not stream.is_blocked:
+                del self._deferred_aborts[stream_id]
+                if stream is not None:
+                    self.abort_stream(stream_id, code, send=send, receive=receive)
+
+    # -- 6: send backpressure ----------------------------------------------
     def send_buffered(self, stream_id: int) -> int:
         """Bytes written to a stream and not yet acknowledged by the peer."""
         stream = self._streams.get(stream_id)

@@ -160,22 +160,12 @@ class QuicSession:
 
     def reset(self, stream_id: int, error_code: int = 0) -> None:
         """Abort both directions of a stream (RESET_STREAM + STOP_SENDING)."""
-        try:
-            self._conn.reset_stream(stream_id, error_code)
-        except (ValueError, AssertionError):
-            pass  # already finished in the send direction
-        try:
-            self._conn.stop_stream(stream_id, error_code)
-        except (ValueError, AssertionError):
-            pass  # already finished in the receive direction
+        self._conn.abort_stream(stream_id, error_code, send=True, receive=True)
         self._conn.forget_stream(stream_id)
 
     def stop_reading(self, stream_id: int, error_code: int = 0) -> None:
         """Tell the peer we will read no more of a stream (STOP_SENDING)."""
-        try:
-            self._conn.stop_stream(stream_id, error_code)
-        except (ValueError, AssertionError):
-            pass  # the receive direction already finished
+        self._conn.abort_stream(stream_id, error_code, send=False, receive=True)
         self._conn.forget_stream(stream_id)
 
     def consumed(self, stream_id: int, nbytes: int) -> bool:
