@@ -12,6 +12,7 @@ exist in the messages we speak; groups (3, 4) are rejected.
 
 from __future__ import annotations
 
+import builtins
 from collections.abc import Iterable
 
 from ..errors import DecodeError
@@ -56,7 +57,7 @@ class ProtoWriter:
         return self.bytes(field, value.encode("utf-8"))
 
     def repeated_bytes(
-        self, field: int, values: Iterable[bytes | bytearray | memoryview]
+        self, field: int, values: Iterable[builtins.bytes | bytearray | memoryview]
     ) -> ProtoWriter:
         for value in values:
             self.bytes(field, value)
@@ -67,7 +68,7 @@ class ProtoWriter:
             self.string(field, value)
         return self
 
-    def finish(self) -> bytes:
+    def finish(self) -> builtins.bytes:
         return bytes(self._buf)
 
 
@@ -101,8 +102,8 @@ class Fields:
             raise DecodeError(f"protobuf field {field} is missing")
         return value
 
-    def all_bytes(self, field: int) -> list[bytes]:
-        return self._values(field, bytes)  # type: ignore[return-value]
+    def all_bytes(self, field: int) -> list[builtins.bytes]:
+        return self._values(field, builtins.bytes)  # type: ignore[return-value]
 
     def string_or_none(self, field: int) -> str | None:
         value = self.bytes_or_none(field)
