@@ -1,4 +1,4 @@
-"""A lattica_nb peer that serves the benchmark protocols; prints its address, runs until stdin closes.
+"""A lattica_nb peer serving the benchmark protocols; prints its address, runs until stdin closes.
 
     python bench/sink_peer.py [--datagram-bytes N]
 """

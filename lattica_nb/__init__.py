@@ -35,7 +35,22 @@ _EXPORTS = {
     "Stream": ".protocols.router",
 }
 
-__all__ = [*sorted(_EXPORTS), "__version__"]
+__all__ = [
+    "LatticaError",
+    "Multiaddr",
+    "Node",
+    "NodeConfig",
+    "NodeEvent",
+    "PeerConnected",
+    "PeerDisconnected",
+    "PeerId",
+    "PeerIdentified",
+    "PeerInfo",
+    "PrivateKey",
+    "PublicKey",
+    "Stream",
+    "__version__",
+]
 
 
 def __getattr__(name: str) -> Any:

@@ -91,7 +91,8 @@ async def _run_demo(args: argparse.Namespace) -> None:
                         continue
                     addr = hub.peer_info(other.peer_id).addrs[0]
                     info = await node.connect(addr)
-                    _say(f"peer {i} found peer {j} through peer 0's peer table at {addr}")
+                    _say(f"peer {i} dialed peer {j} at the address peer 0 learned by "
+                         f"identify: {addr}")
             _say("mesh:")
             for i, node in enumerate(nodes):
                 for peer in node.peers():

@@ -20,15 +20,7 @@ import anyio.abc
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from .config import NodeConfig
-from .errors import (
-    ConnectionClosedError,
-    DialError,
-    LatticaError,
-    LocalProtocolError,
-    RemoteProtocolError,
-    TimeoutError,
-    TransportError,
-)
+from .errors import LatticaError, LocalProtocolError, TransportError
 from .events import NodeEvent, PeerConnected, PeerDisconnected, PeerIdentified
 from .identity import PeerId, PrivateKey, load_or_create_identity
 from .multiaddr import Multiaddr
@@ -346,7 +338,7 @@ class Node:
             except (LatticaError, anyio.BrokenResourceError, anyio.EndOfStream) as exc:
                 logger.debug("identify push to %s failed: %s", peer.short(), exc)
 
-    # -- events -------------------------------------------------------------------------------------
+    # -- events ------------------------------------------------------------------------
     def _publish(self, event: NodeEvent) -> None:
         for send in list(self._subscribers):
             try:
@@ -365,12 +357,3 @@ def _identity_for(config: NodeConfig) -> PrivateKey:
         return PrivateKey.generate()
     return load_or_create_identity(config.key_path)
 
-
-__all__ = [
-    "ConnectionClosedError",
-    "DialError",
-    "Node",
-    "PeerInfo",
-    "RemoteProtocolError",
-    "TimeoutError",
-]

@@ -83,7 +83,9 @@ Handler = Callable[[Stream], Awaitable[None]]
 
 def check_protocol_id(protocol: str) -> None:
     if not protocol.startswith("/") or "\n" in protocol:
-        raise LocalProtocolError(f"protocol id {protocol!r} must start with '/' and have no newline")
+        raise LocalProtocolError(
+            f"protocol id {protocol!r} must start with '/' and have no newline"
+        )
     if len(protocol.encode()) > MAX_PROTOCOL_ID_BYTES:
         raise LocalProtocolError(f"protocol id longer than {MAX_PROTOCOL_ID_BYTES} bytes")
 

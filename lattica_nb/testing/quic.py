@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime
 from dataclasses import dataclass, field
 
-from aioquic.buffer import Buffer
+from aioquic.buffer import Buffer  # type: ignore[attr-defined]
 from aioquic.quic.packet import pull_quic_header
 
 from ..identity import PeerId, PrivateKey
@@ -15,7 +15,7 @@ from ..transport.tls import CertifiedKey, make_certificate
 
 CLIENT_ADDR = ("127.0.0.1", 40001)
 SERVER_ADDR = ("127.0.0.1", 40002)
-WALL_TIME = datetime.datetime(2026, 6, 1, tzinfo=datetime.timezone.utc)
+WALL_TIME = datetime.datetime(2026, 6, 1, tzinfo=datetime.UTC)
 
 
 @dataclass

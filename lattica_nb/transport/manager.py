@@ -143,7 +143,9 @@ class ConnectionManager:
                 continue
             if not self.admit(conn):
                 await conn.aclose("connection limit")
-                raise LimitExceeded(f"connection limit reached; not connecting to {conn.remote_peer}")
+                raise LimitExceeded(
+                    f"connection limit reached; not connecting to {conn.remote_peer}"
+                )
             if peer is None or conn.remote_peer == peer:
                 self.add_addresses(conn.remote_peer, [addr])
             return conn

@@ -110,5 +110,9 @@ def test_fin_only_frames_arrive_on_many_streams_at_once():
     for _ in range(50):
         pair.pump()
         pair.advance(0.05)
-    ended = {e.stream_id for e in pair.server_events if isinstance(e, ev.StreamDataReceived) and e.end}
+    ended = {
+        e.stream_id
+        for e in pair.server_events
+        if isinstance(e, ev.StreamDataReceived) and e.end
+    }
     assert ended == set(streams)

@@ -51,7 +51,7 @@ def test_dialing_the_wrong_peer_id_fails_the_handshake(keys):
 
 def test_expired_certificate_is_rejected_with_a_clear_error(keys):
     client_key, server_key = keys
-    far_future = datetime.datetime(2300, 1, 1, tzinfo=datetime.timezone.utc)
+    far_future = datetime.datetime(2300, 1, 1, tzinfo=datetime.UTC)
     pair = make_pair(client_key, server_key, client_wall_time=far_future)
     pair.pump()
     closed = _of(ev.ConnectionClosed, pair.client_events)

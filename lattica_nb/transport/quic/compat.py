@@ -102,8 +102,8 @@ class Libp2pQuicConnection(QuicConnection):
             if self.peer_identity is None:
                 self._reject("peer sent no certificate; libp2p requires mutual authentication")
 
-        tls._set_peer_certificate = set_peer_certificate
-        tls._server_handle_certificate = server_handle_certificate
+        tls._set_peer_certificate = set_peer_certificate  # type: ignore[method-assign]
+        tls._server_handle_certificate = server_handle_certificate  # type: ignore[method-assign]
 
     def _reject(self, reason: str) -> None:
         from ...errors import HandshakeError

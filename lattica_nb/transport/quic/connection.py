@@ -247,7 +247,9 @@ class QuicConnection:
     def _receive(self, data: bytes, addr: Address, now: float) -> None:
         self._session.receive_datagram(data, addr, now)
         if addr != self._remote:
-            logger.debug("peer %s moved from %s to %s", self._session.remote_peer, self._remote, addr)
+            logger.debug(
+                "peer %s moved from %s to %s", self._session.remote_peer, self._remote, addr
+            )
             self._remote = addr
 
     def _on_timer(self, now: float) -> None:
@@ -352,5 +354,6 @@ class QuicConnection:
 
     def __repr__(self) -> str:
         peer = self._session.remote_peer
-        return f"<QuicConnection {peer.short() if peer else '?'} {self._remote[0]}:{self._remote[1]}>"
+        host, port = self._remote
+        return f"<QuicConnection {peer.short() if peer else '?'} {host}:{port}>"
 

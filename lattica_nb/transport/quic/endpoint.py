@@ -17,11 +17,10 @@ import datetime
 import logging
 import math
 import socket
-from collections.abc import Callable
 from types import TracebackType
 
 import anyio
-from aioquic.buffer import Buffer
+from aioquic.buffer import Buffer  # type: ignore[attr-defined]
 from aioquic.quic.packet import (
     QuicPacketType,
     encode_quic_version_negotiation,
@@ -332,5 +331,5 @@ class QuicEndpoint:
 
 
 def _wall_now() -> datetime.datetime:
-    return datetime.datetime.now(datetime.timezone.utc)
+    return datetime.datetime.now(datetime.UTC)
 
