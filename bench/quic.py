@@ -18,12 +18,13 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import anyio
-from lattica_nb.testing.netns import loopback_namespace_available, netns_command
 
-from lattica_nb import Node, NodeConfig
+from lattica_nb import Node, NodeConfig, PeerId
 from lattica_nb.transport.quic.session import QuicSettings
 
 HERE = Path(__file__).resolve().parent
@@ -40,17 +41,9 @@ def _percentile(values: list[float], q: float) -> float:
 async def _lattica_nb(
     size: int, pings: int, connects: int, datagram_bytes: int
 ) -> dict[str, float]:
-    settings = QuicSettings(max_datagram_bytes=datagram_bytes)
-    peer = subprocess.Popen(
-        [sys.executable, str(HERE / "sink_peer.py"), "--datagram-bytes", str(datagram_bytes)],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-    )
-    try:
-        assert peer.stdout is not None
-        addr = peer.stdout.readline().strip()
-        if not addr:
-            raise RuntimeError("the benchmark peer did not start")
-        async with Node(NodeConfig(ephemeral=True, quic=settings)) as node:
+    knobs = {"max_datagram_bytes": datagram_bytes}
+    async with sink_peer(knobs) as addr:
+        async with Node(NodeConfig(ephemeral=True, quic=QuicSettings(**knobs))) as node:
             connect_ms = []
             for _ in range(connects):
                 async with Node(NodeConfig(ephemeral=True)) as fresh:
@@ -59,29 +52,51 @@ async def _lattica_nb(
                     connect_ms.append((time.perf_counter() - start) * 1000)
             info = await node.connect(addr)
             rtts = [r * 1000 for r in await node.ping(info.peer_id, count=pings)]
-            chunk = b"\x00" * CHUNK_BYTES
-            start = time.perf_counter()
-            stream = await node.open_stream(info.peer_id, SINK_PROTOCOL)
-            sent = 0
-            while sent < size:
-                await stream.send(chunk)
-                sent += len(chunk)
-            await stream.send_eof()
-            received = int.from_bytes(await stream.receive(8), "big")
-            elapsed = time.perf_counter() - start
-            await stream.aclose()
-        if received != size:
-            raise RuntimeError(f"sink counted {received} bytes, sent {size}")
-        return {
-            "throughput_MBps": size / elapsed / 1e6,
-            "rtt_p50_ms": statistics.median(rtts),
-            "rtt_p99_ms": _percentile(rtts, 0.99),
-            "connect_identify_p50_ms": statistics.median(connect_ms),
-        }
+            throughput = await send_to_sink(node, info.peer_id, size)
+    return {
+        "throughput_MBps": throughput,
+        "rtt_p50_ms": statistics.median(rtts),
+        "rtt_p99_ms": _percentile(rtts, 0.99),
+        "connect_identify_p50_ms": statistics.median(connect_ms),
+    }
+
+
+@asynccontextmanager
+async def sink_peer(knobs: dict[str, object]) -> AsyncIterator[str]:
+    """Run bench/sink_peer.py with these QuicSettings; yield its multiaddr."""
+    peer = subprocess.Popen(
+        [sys.executable, str(HERE / "sink_peer.py"), "--settings", json.dumps(knobs)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        if peer.stdout is None:
+            raise RuntimeError("no stdout from the benchmark peer")
+        addr = peer.stdout.readline().strip()
+        if not addr:
+            raise RuntimeError("the benchmark peer did not start")
+        yield addr
     finally:
         if peer.stdin is not None:
             peer.stdin.close()
         peer.wait(timeout=10)
+
+
+async def send_to_sink(node: Node, peer: PeerId, size: int) -> float:
+    """Send ``size`` bytes on one stream; MB/s until the sink confirmed the count."""
+    chunk = b"\x00" * CHUNK_BYTES
+    start = time.perf_counter()
+    stream = await node.open_stream(peer, SINK_PROTOCOL)
+    sent = 0
+    while sent < size:
+        await stream.send(chunk)
+        sent += len(chunk)
+    await stream.send_eof()
+    received = int.from_bytes(await stream.receive(8), "big")
+    elapsed = time.perf_counter() - start
+    await stream.aclose()
+    if received != size:
+        raise RuntimeError(f"sink counted {received} bytes, sent {size}")
+    return size / elapsed / 1e6
 
 
 # -- raw TCP socket copy: the practical limit ----------------------------------------------
@@ -122,6 +137,8 @@ def _raw_tcp(size: int) -> dict[str, float]:
 
 # -- the Lattica SDK pair ----------------------------------------------------------------------
 def _lattica_pair(size: int, pings: int) -> dict[str, float] | str:
+    from lattica_nb.testing.netns import loopback_namespace_available, netns_command
+
     reason = loopback_namespace_available()
     if reason is not None:
         return f"skipped: {reason}"

@@ -1,11 +1,14 @@
 """A lattica_nb peer serving the benchmark protocols; prints its address, runs until stdin closes.
 
-    python bench/sink_peer.py [--datagram-bytes N]
+    python bench/sink_peer.py [--settings JSON]
+
+``--settings`` is a JSON object of QuicSettings fields (the knobs under test).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 
 import anyio
@@ -29,7 +32,7 @@ async def sink(stream: Stream) -> None:
 
 
 async def main(args: argparse.Namespace) -> None:
-    settings = QuicSettings(max_datagram_bytes=args.datagram_bytes)
+    settings = QuicSettings(**json.loads(args.settings))
     async with Node(NodeConfig(ephemeral=True, quic=settings)) as node:
         node.set_handler(SINK_PROTOCOL, sink)
         print(node.listen_addrs[0], flush=True)
@@ -38,5 +41,5 @@ async def main(args: argparse.Namespace) -> None:
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser()
-    parser.add_argument("--datagram-bytes", type=int, default=1452)
+    parser.add_argument("--settings", default="{}")
     anyio.run(main, parser.parse_args())

@@ -39,10 +39,6 @@ logger = logging.getLogger(__name__)
 
 CONNECTION_ID_BYTES = 8
 MAX_DATAGRAM_RECEIVE_BYTES = 65536
-RECEIVE_BATCH = 256
-"""Datagrams read per wakeup before connections process them."""
-SOCKET_BUFFER_BYTES = 4 * 1024 * 1024
-"""4 MiB removed loopback drops in measurements here (see docs/benchmarks.md)."""
 MIN_INITIAL_BYTES = 1200
 
 
@@ -92,7 +88,7 @@ class QuicEndpoint:
         sock = socket.socket(family, socket.SOCK_DGRAM)
         try:
             for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
-                sock.setsockopt(socket.SOL_SOCKET, option, SOCKET_BUFFER_BYTES)
+                sock.setsockopt(socket.SOL_SOCKET, option, self._settings.socket_buffer_bytes)
             sock.bind((self._host, self._port))
         except OSError as exc:
             sock.close()
@@ -174,10 +170,11 @@ class QuicEndpoint:
         if sock is None:
             raise TransportError("socket missing")
         touched: dict[QuicConnection, None] = {}
+        batch = self._settings.receive_batch
         while True:
             await anyio.wait_readable(sock)
             now = anyio.current_time()
-            for _ in range(RECEIVE_BATCH):
+            for _ in range(batch):
                 try:
                     data, addr = sock.recvfrom(MAX_DATAGRAM_RECEIVE_BYTES)
                 except BlockingIOError:

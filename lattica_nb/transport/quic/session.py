@@ -48,6 +48,10 @@ class QuicSettings:
     idle_timeout_s: float = 10.0
     keep_alive_s: float = 5.0
     congestion_control: str = "reno"
+    socket_buffer_bytes: int = 4 * 1024 * 1024
+    """SO_RCVBUF/SO_SNDBUF of the UDP socket; 4 MiB removed loopback drops here."""
+    receive_batch: int = 256
+    """Datagrams drained from the socket per wakeup before connections respond."""
 
     def __post_init__(self) -> None:
         if not 1200 <= self.max_datagram_bytes <= 65527:
@@ -62,6 +66,10 @@ class QuicSettings:
             raise ConfigError("keep_alive_s must be positive and below idle_timeout_s")
         if self.handshake_timeout_s <= 0:
             raise ConfigError("handshake_timeout_s must be positive")
+        if self.socket_buffer_bytes < 64 * 1024:
+            raise ConfigError("socket_buffer_bytes must be at least 64 KiB")
+        if not 1 <= self.receive_batch <= 4096:
+            raise ConfigError("receive_batch must be in 1..4096")
         if self.congestion_control not in ("reno", "cubic"):
             raise ConfigError("congestion_control must be 'reno' or 'cubic'")
 
