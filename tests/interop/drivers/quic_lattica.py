@@ -1,0 +1,122 @@
+"""Interop driver, run INSIDE a loopback-only network namespace (see test_quic_lattica.py).
+
+A lattica_nb node and two Lattica SDK (rust-libp2p) peers, over QUIC only:
+Lattica peer L1 dials us (bootstrap), we dial Lattica peer L2. Each side
+reports what identify told it about the other, and we ping both. Prints one
+JSON line with the observations; the test asserts on them.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import anyio
+from anyio.abc import Process
+from anyio.streams.text import TextReceiveStream
+
+from lattica_nb import Node, NodeConfig, PeerId, PeerIdentified
+
+PEER_SCRIPT = Path(__file__).resolve().parent.parent / "peers" / "lattica_peer.py"
+LATTICA_PROTOCOL = "/lattica/1.0.0"
+QUIC_ONLY = ["--listen", "/ip4/127.0.0.1/udp/0/quic-v1"]
+
+
+class LatticaPeer:
+    """A lattica_peer.py process spoken to over JSON lines."""
+
+    def __init__(self, process: Process) -> None:
+        self.process = process
+        self._lines = TextReceiveStream(process.stdout)  # type: ignore[arg-type]
+        self._buffer = ""
+        self.ready: dict[str, Any] = {}
+
+    async def readline(self) -> dict[str, Any]:
+        while "\n" not in self._buffer:
+            self._buffer += await self._lines.receive()
+        line, self._buffer = self._buffer.split("\n", 1)
+        return dict(json.loads(line))
+
+    async def call(self, **command: Any) -> dict[str, Any]:
+        assert self.process.stdin is not None
+        await self.process.stdin.send((json.dumps(command) + "\n").encode())
+        reply = await self.readline()
+        if not reply.get("ok"):
+            raise RuntimeError(f"lattica peer: {reply.get('error')}")
+        return reply
+
+
+async def start_peer(*extra: str) -> LatticaPeer:
+    process = await anyio.open_process(
+        [sys.executable, str(PEER_SCRIPT), *QUIC_ONLY, "--protocol", LATTICA_PROTOCOL, *extra],
+        stderr=None,
+    )
+    peer = LatticaPeer(process)
+    with anyio.fail_after(30):
+        peer.ready = await peer.readline()
+    return peer
+
+
+async def wait_identified(events: Any, peer: PeerId) -> float:
+    start = time.perf_counter()
+    with anyio.fail_after(15):
+        async for event in events:
+            if isinstance(event, PeerIdentified) and event.peer == peer:
+                return time.perf_counter() - start
+    raise RuntimeError("event stream ended")
+
+
+def our_view(node: Node, peer: PeerId) -> dict[str, Any]:
+    info = node.peer_info(peer)
+    return {
+        "agent_version": info.agent_version,
+        "protocol_version": info.protocol_version,
+        "protocols": list(info.protocols),
+        "observed_addr": str(info.observed_addr) if info.observed_addr else None,
+    }
+
+
+async def main() -> None:
+    result: dict[str, Any] = {}
+    config = NodeConfig(ephemeral=True, protocol_version=LATTICA_PROTOCOL)
+    async with Node(config) as node, node.subscribe() as events:
+        our_addr = str(node.listen_addrs[0])
+        result["our_peer_id"] = str(node.peer_id)
+
+        # 1. Lattica dials us.
+        l1 = await start_peer("--bootstrap", our_addr)
+        l1_id = PeerId.from_string(l1.ready["peer_id"])
+        result["inbound_identify_s"] = await wait_identified(events, l1_id)
+        result["inbound"] = our_view(node, l1_id)
+        result["inbound_ping_ms"] = [r * 1000 for r in await node.ping(l1_id, count=5)]
+        await l1.call(cmd="wait_peer", peer=str(node.peer_id), timeout=10, identified=True)
+        result["inbound_lattica_view"] = (await l1.call(cmd="peer_info", peer=str(node.peer_id)))[
+            "info"
+        ]
+
+        # 2. We dial Lattica.
+        l2 = await start_peer()
+        l2_addr = next(a for a in l2.ready["listen_addrs"] if "/quic-v1" in a)
+        start = time.perf_counter()
+        info = await node.connect(l2_addr)
+        result["outbound_connect_identify_s"] = time.perf_counter() - start
+        result["outbound"] = our_view(node, info.peer_id)
+        result["outbound_ping_ms"] = [r * 1000 for r in await node.ping(info.peer_id, count=5)]
+        await l2.call(cmd="wait_peer", peer=str(node.peer_id), timeout=10, identified=True)
+        result["outbound_lattica_view"] = (
+            await l2.call(cmd="peer_info", peer=str(node.peer_id))
+        )["info"]
+        result["outbound_lattica_rtt"] = await l2.call(cmd="rtt", peer=str(node.peer_id))
+
+        for peer in (l1, l2):
+            await peer.call(cmd="quit")
+            with anyio.fail_after(10):
+                await peer.process.wait()
+    print(json.dumps(result), flush=True)
+
+
+if __name__ == "__main__":
+    anyio.run(main)
