@@ -220,3 +220,57 @@ async def test_api_errors_are_clear():
     async with node:
         with pytest.raises(DialError, match="no known address"):
             await node.open_stream(PeerId.from_public_key(PrivateKey.generate().public_key), ECHO)
+
+
+async def test_spoofed_version_negotiation_is_not_answered():
+    """A packet with another node's source address must not start a reflection loop."""
+    async with Node(config()) as a:
+        host, port = a.listen_addrs[0].host_port()
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as victim:
+            victim.bind(("127.0.0.1", 0))
+            victim.setblocking(False)
+            # long header, version 0 (a Version Negotiation packet), tiny
+            victim.sendto(b"\xc0\x00\x00\x00\x00\x08" + b"a" * 8 + b"\x08" + b"b" * 8, (host, port))
+            # long header, unknown version, under 1200 bytes
+            victim.sendto(b"\xc0\x0a\x0a\x0a\x0a\x08" + b"a" * 8 + b"\x08" + b"b" * 8, (host, port))
+            # a full-size Initial of an unknown version does get one answer
+            victim.sendto(b"\xc0\x0a\x0a\x0a\x0a\x08" + b"a" * 8 + b"\x08" + b"b" * 8 + b"\x00" * 1200,
+                          (host, port))
+            with anyio.fail_after(5):
+                await anyio.wait_readable(victim)
+            replies = []
+            while True:
+                try:
+                    replies.append(victim.recv(2048))
+                except BlockingIOError:
+                    break
+        assert len(replies) == 1 and replies[0][1:5] == b"\x00\x00\x00\x00"
+
+
+async def test_late_data_for_a_finished_inbound_stream_is_not_a_new_stream():
+    opened = 0
+
+    async def read_ten_then_close(stream: Stream) -> None:
+        nonlocal opened
+        opened += 1
+        await stream.receive(10)
+        await stream.aclose()
+
+    async with Node(config()) as a, Node(config()) as b:
+        a.set_handler("/test/short/1.0.0", read_ten_then_close)
+        await b.connect(a.listen_addrs[0])
+        for _ in range(10):
+            stream = await b.open_stream(a.peer_id, "/test/short/1.0.0")
+            try:
+                for _ in range(20):
+                    await stream.send(b"x" * 4096)
+            except LatticaError:
+                pass  # a stopped reading: expected
+            await stream.reset()
+        async with await b.open_stream(a.peer_id, "/test/short/1.0.0") as last:
+            await last.send(b"0123456789")
+            with pytest.raises((anyio.EndOfStream, LatticaError)):
+                with anyio.fail_after(5):
+                    while True:
+                        await last.receive()
+        assert opened == 11

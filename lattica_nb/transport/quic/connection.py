@@ -174,7 +174,8 @@ class QuicConnection:
         self._closed = anyio.Event()
         self.close_error: LatticaError | None = None
         self.timer: float = math.inf
-        self.remote_cids: set[bytes] = set()
+        self._highest_inbound_id = -1
+        """Peer-initiated stream ids only grow (RFC 9000 §2.1): a lower one is an old stream."""
 
     # -- Connection protocol -----------------------------------------------------
     @property
@@ -295,7 +296,10 @@ class QuicConnection:
         stream = self._streams.get(event.stream_id)
         if stream is None:
             if event.stream_id % 4 != (1 if self._session.is_client else 0):
-                return  # data for one of our streams we already forgot
+                return  # late data for one of our own streams we already finished
+            if event.stream_id <= self._highest_inbound_id:
+                return  # late data for an inbound stream we already finished
+            self._highest_inbound_id = event.stream_id
             stream = QuicStream(self, event.stream_id)
             try:
                 self._incoming_send.send_nowait(stream)

@@ -18,6 +18,7 @@ import logging
 import math
 import socket
 from types import TracebackType
+from typing import Any
 
 import anyio
 from aioquic.buffer import Buffer  # type: ignore[attr-defined]
@@ -215,33 +216,32 @@ class QuicEndpoint:
         conn._receive(data, addr, now)
         return conn
 
-    def _maybe_accept(self, data: bytes, header: object, addr: Address) -> QuicConnection | None:
-        version = getattr(header, "version", None)
-        if version is not None and version != QUIC_V1:
-            self._send_datagrams(
-                [
-                    (
-                        encode_quic_version_negotiation(
-                            source_cid=header.destination_cid,  # type: ignore[attr-defined]
-                            destination_cid=header.source_cid,  # type: ignore[attr-defined]
-                            supported_versions=[QUIC_V1],
-                        ),
-                        addr,
-                    )
-                ]
-            )
+    def _maybe_accept(self, data: bytes, header: Any, addr: Address) -> QuicConnection | None:
+        """Start a server session for a client's first Initial; drop anything else.
+
+        RFC 9000 §6.1/§14.1: a Version Negotiation packet is never answered
+        (version 0), and nothing is sent in reply to a datagram shorter than
+        1200 bytes, so a spoofed packet cannot start a reflection loop.
+        """
+        if len(data) < MIN_INITIAL_BYTES or not header.version:
+            self.dropped_datagrams += 1
             return None
-        if (
-            getattr(header, "packet_type", None) != QuicPacketType.INITIAL
-            or len(data) < MIN_INITIAL_BYTES
-        ):
+        if header.version != QUIC_V1:
+            negotiation = encode_quic_version_negotiation(
+                source_cid=header.destination_cid,
+                destination_cid=header.source_cid,
+                supported_versions=[QUIC_V1],
+            )
+            self._send_datagrams([(negotiation, addr)])
+            return None
+        if header.packet_type != QuicPacketType.INITIAL:
             self.dropped_datagrams += 1
             return None
         if len(self._connections) >= self._max_connections:
             logger.warning("refusing a QUIC connection from %s:%s: connection limit", *addr)
             self.dropped_datagrams += 1
             return None
-        odcid: bytes = header.destination_cid  # type: ignore[attr-defined]
+        odcid: bytes = header.destination_cid
         session = QuicSession(
             settings=self._settings,
             certified_key=self._certified,
