@@ -234,8 +234,8 @@ async def test_spoofed_version_negotiation_is_not_answered():
             # long header, unknown version, under 1200 bytes
             victim.sendto(b"\xc0\x0a\x0a\x0a\x0a\x08" + b"a" * 8 + b"\x08" + b"b" * 8, (host, port))
             # a full-size Initial of an unknown version does get one answer
-            victim.sendto(b"\xc0\x0a\x0a\x0a\x0a\x08" + b"a" * 8 + b"\x08" + b"b" * 8 + b"\x00" * 1200,
-                          (host, port))
+            unknown = b"\xc0\x0a\x0a\x0a\x0a\x08" + b"a" * 8 + b"\x08" + b"b" * 8
+            victim.sendto(unknown + b"\x00" * 1200, (host, port))
             with anyio.fail_after(5):
                 await anyio.wait_readable(victim)
             replies = []

@@ -130,13 +130,19 @@ class QuicStream(RawStream):
         self._conn._maybe_forget(self)
 
     async def aclose(self) -> None:
+        """Finish our side (FIN) and stop reading.
+
+        No STOP_SENDING is sent: in libp2p's request/response protocols the
+        peer half-closes right after, and several implementations (py-libp2p
+        among them) treat STOP_SENDING as a reset of the whole stream and
+        drop the reply they were reading. Data that still arrives is dropped
+        and earns no new credit, so a peer that keeps writing stalls at one
+        window; memory stays bounded.
+        """
         if not self._write_closed:
             await self.send_eof()
-        if not self._read_closed and not self._eof and self._error is None:
-            self._read_closed = True
-            self._chunks.clear()
-            self._conn._stop_reading(self._id)
         self._read_closed = True
+        self._chunks.clear()
         self._conn._maybe_forget(self)
 
     async def reset(self) -> None:
@@ -339,11 +345,6 @@ class QuicConnection:
     # -- called by streams ----------------------------------------------------------
     def _consumed(self, stream_id: int, nbytes: int) -> None:
         if self._session.consumed(stream_id, nbytes) and not self.is_closed:
-            self._flush()
-
-    def _stop_reading(self, stream_id: int) -> None:
-        if not self.is_closed:
-            self._session.stop_reading(stream_id, RESET_CODE_CANCEL)
             self._flush()
 
     def _reset(self, stream_id: int) -> None:

@@ -171,11 +171,6 @@ class QuicSession:
         self._conn.abort_stream(stream_id, error_code, send=True, receive=True)
         self._conn.forget_stream(stream_id)
 
-    def stop_reading(self, stream_id: int, error_code: int = 0) -> None:
-        """Tell the peer we will read no more of a stream (STOP_SENDING)."""
-        self._conn.abort_stream(stream_id, error_code, send=False, receive=True)
-        self._conn.forget_stream(stream_id)
-
     def consumed(self, stream_id: int, nbytes: int) -> bool:
         """Record application reads; True when a flush would send new credit."""
         self._conn.consume(stream_id, nbytes)
