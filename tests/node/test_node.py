@@ -16,6 +16,7 @@ from lattica_nb.errors import (
     LocalProtocolError,
     PeerIdMismatch,
     ProtocolNegotiationError,
+    TransportError,
 )
 from lattica_nb.identity import PeerId, PrivateKey
 from lattica_nb.transport.multistream import MAX_MESSAGE_BYTES
@@ -116,6 +117,25 @@ async def test_garbage_datagrams_are_ignored():
         info = await b.connect(a.listen_addrs[0])
         assert info.peer_id == a.peer_id
         assert await b.ping(a.peer_id)
+
+
+async def test_a_connection_whose_quic_state_raises_is_dropped_alone():
+    async with Node(config()) as a, Node(config()) as b, Node(config()) as c:
+        await b.connect(a.listen_addrs[0])
+        await c.connect(a.listen_addrs[0])
+        endpoint = a._endpoints[0]
+        (broken,) = [x for x in endpoint._connections if x.remote_peer == b.peer_id]
+
+        def explode(*args: object) -> None:
+            raise RuntimeError("simulated aioquic bug")
+
+        broken._session.receive_datagram = explode
+        with pytest.raises(LatticaError):
+            await b.ping(a.peer_id, timeout_s=2.0)
+        await broken.wait_closed()
+        assert isinstance(broken.close_error, TransportError)
+        assert broken not in endpoint._connections
+        assert await c.ping(a.peer_id)
 
 
 async def test_oversize_multistream_line_resets_only_that_stream():

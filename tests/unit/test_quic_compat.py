@@ -116,3 +116,34 @@ def test_fin_only_frames_arrive_on_many_streams_at_once():
         if isinstance(e, ev.StreamDataReceived) and e.end
     }
     assert ended == set(streams)
+
+
+def _burst(pacer, now: float = 10.0) -> int:
+    """Datagrams the pacer lets out back to back at one instant."""
+    pacer.update_bucket(now=now)
+    pacer.bucket_time = pacer.bucket_max
+    sent = 0
+    while pacer.next_send_time(now) is None and sent < 1000:
+        pacer.update_after_send(now)
+        sent += 1
+    return sent
+
+
+def test_pacer_keeps_a_burst_allowance_when_the_window_is_huge():
+    from aioquic.quic.recovery import QuicPacketPacer
+
+    from lattica_nb.transport.quic.compat import PACER_BURST_PACKETS, Libp2pQuicConnection
+
+    conn = Libp2pQuicConnection(
+        configuration=QuicConfiguration(is_client=True), verify_peer=lambda der: None,
+        stream_window=1 << 20, max_incoming_streams=16,
+    )
+    pacer = conn._loss._pacer  # the hook: aioquic still keeps its pacer here
+    cwnd, srtt = 64 << 20, 0.001  # after a long slow start on loopback
+    pacer.update_rate(congestion_window=cwnd, smoothed_rtt=srtt)
+    assert _burst(pacer) >= PACER_BURST_PACKETS
+    # Why the hook exists: aioquic's own pacer sends one datagram per wakeup here.
+    # If this starts to fail, aioquic fixed it and compat item 7 can go.
+    plain = QuicPacketPacer(max_datagram_size=1452)
+    plain.update_rate(congestion_window=cwnd, smoothed_rtt=srtt)
+    assert _burst(plain) <= 1

@@ -41,6 +41,8 @@ logger = logging.getLogger(__name__)
 CONNECTION_ID_BYTES = 8
 MAX_DATAGRAM_RECEIVE_BYTES = 65536
 MIN_INITIAL_BYTES = 1200
+QUIC_INTERNAL_ERROR = 0x1
+"""RFC 9000 transport error code INTERNAL_ERROR."""
 
 
 class QuicEndpoint:
@@ -187,9 +189,12 @@ class QuicEndpoint:
                 if conn is not None:
                     touched[conn] = None
             for conn in touched:
-                conn._process_events()
-                if not conn._session.is_terminated:
-                    conn._flush()
+                try:
+                    conn._process_events()
+                    if not conn._session.is_terminated:
+                        conn._flush()
+                except Exception as exc:
+                    self._contain(conn, exc)
             touched.clear()
 
     def _route(self, data: bytes, addr: Address, now: float) -> QuicConnection | None:
@@ -200,8 +205,7 @@ class QuicEndpoint:
             if conn is None:
                 self.dropped_datagrams += 1
                 return None
-            conn._receive(data, addr, now)
-            return conn
+            return self._deliver(conn, data, addr, now)
         try:
             header = pull_quic_header(Buffer(data=data), host_cid_length=CONNECTION_ID_BYTES)
         except ValueError:
@@ -213,8 +217,33 @@ class QuicEndpoint:
             conn = self._maybe_accept(data, header, addr)
             if conn is None:
                 return None
-        conn._receive(data, addr, now)
+        return self._deliver(conn, data, addr, now)
+
+    def _deliver(
+        self, conn: QuicConnection, data: bytes, addr: Address, now: float
+    ) -> QuicConnection | None:
+        try:
+            conn._receive(data, addr, now)
+        except Exception as exc:
+            self._contain(conn, exc)
+            return None
         return conn
+
+    def _contain(self, conn: QuicConnection, exc: Exception) -> None:
+        """A connection whose QUIC state machine raised is dropped; the node goes on.
+
+        aioquic handles malformed packets itself; an exception escaping it is
+        a bug that hostile input may trigger, and it must cost one connection,
+        not the endpoint that serves every other peer.
+        """
+        logger.error("dropping QUIC connection %r after an internal error", conn, exc_info=exc)
+        try:  # best effort: tell the peer, so it does not wait for its idle timeout
+            conn._session.close(error_code=QUIC_INTERNAL_ERROR, reason="internal error")
+            self._send_datagrams(conn._session.datagrams_to_send(anyio.current_time()))
+        except Exception:
+            logger.debug("could not send CONNECTION_CLOSE to %r", conn)
+        conn._mark_closed(TransportError(f"QUIC connection failed internally: {exc!r}"))
+        self._forget(conn)
 
     def _maybe_accept(self, data: bytes, header: Any, addr: Address) -> QuicConnection | None:
         """Start a server session for a client's first Initial; drop anything else.
@@ -290,7 +319,11 @@ class QuicEndpoint:
             earliest = math.inf
             for conn in list(self._connections):
                 if conn.timer <= now:
-                    conn._on_timer(now)
+                    try:
+                        conn._on_timer(now)
+                    except Exception as exc:
+                        self._contain(conn, exc)
+                        continue
                     if conn._session.is_terminated:
                         self._forget(conn)
                         continue
