@@ -34,6 +34,8 @@ VARIANTS: list[tuple[str, dict[str, object]]] = [
     ("socket buffers 208 KiB (Linux default)", {"socket_buffer_bytes": 212992}),
     ("receive batch 1 (no batching)", {"receive_batch": 1}),
     ("receive batch 16", {"receive_batch": 16}),
+    ("aioquic's own pacer (burst fix off)", {"pacer_burst_packets": 0}),
+    ("pacer burst 64 packets", {"pacer_burst_packets": 64}),
     ("congestion control cubic", {"congestion_control": "cubic"}),
 ]
 

@@ -130,20 +130,18 @@ def _burst(pacer, now: float = 10.0) -> int:
 
 
 def test_pacer_keeps_a_burst_allowance_when_the_window_is_huge():
-    from aioquic.quic.recovery import QuicPacketPacer
-
     from lattica_nb.transport.quic.compat import PACER_BURST_PACKETS, Libp2pQuicConnection
 
-    conn = Libp2pQuicConnection(
-        configuration=QuicConfiguration(is_client=True), verify_peer=lambda der: None,
-        stream_window=1 << 20, max_incoming_streams=16,
-    )
-    pacer = conn._loss._pacer  # the hook: aioquic still keeps its pacer here
-    cwnd, srtt = 64 << 20, 0.001  # after a long slow start on loopback
-    pacer.update_rate(congestion_window=cwnd, smoothed_rtt=srtt)
-    assert _burst(pacer) >= PACER_BURST_PACKETS
+    def pacer(burst: int):
+        conn = Libp2pQuicConnection(
+            configuration=QuicConfiguration(is_client=True), verify_peer=lambda der: None,
+            stream_window=1 << 20, max_incoming_streams=16, pacer_burst_packets=burst,
+        )
+        pacer = conn._loss._pacer  # the hook: aioquic still keeps its pacer here
+        pacer.update_rate(congestion_window=64 << 20, smoothed_rtt=0.001)  # after slow start
+        return pacer
+
+    assert _burst(pacer(PACER_BURST_PACKETS)) >= PACER_BURST_PACKETS
     # Why the hook exists: aioquic's own pacer sends one datagram per wakeup here.
     # If this starts to fail, aioquic fixed it and compat item 7 can go.
-    plain = QuicPacketPacer(max_datagram_size=1452)
-    plain.update_rate(congestion_window=cwnd, smoothed_rtt=srtt)
-    assert _burst(plain) <= 1
+    assert _burst(pacer(0)) <= 1

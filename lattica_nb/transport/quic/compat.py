@@ -55,19 +55,23 @@ from ...errors import LatticaError
 _MAX_STREAM_DATA_FRAME_CAPACITY = 17
 
 PACER_BURST_PACKETS = 16
-"""Datagrams the pacer may send back to back (aioquic's own intent)."""
+"""Datagrams the pacer may send back to back by default (aioquic's own intent)."""
 
 CertificateVerifier = Callable[[bytes], Any]
 """Called with the peer's leaf certificate (DER); raises a LatticaError to reject it."""
 
 
 class BurstPacer(QuicPacketPacer):
-    """aioquic's pacer with a burst allowance of at least 16 packet times (item 7)."""
+    """aioquic's pacer with a burst allowance of at least ``burst`` packet times (item 7)."""
+
+    def __init__(self, *, max_datagram_size: int, burst: int = PACER_BURST_PACKETS) -> None:
+        super().__init__(max_datagram_size=max_datagram_size)
+        self._burst = burst
 
     def update_rate(self, congestion_window: int, smoothed_rtt: float) -> None:
         super().update_rate(congestion_window, smoothed_rtt)
         if self.packet_time is not None:
-            self.bucket_max = max(self.bucket_max, PACER_BURST_PACKETS * self.packet_time)
+            self.bucket_max = max(self.bucket_max, self._burst * self.packet_time)
 
 
 class Libp2pQuicConnection(QuicConnection):
@@ -76,7 +80,8 @@ class Libp2pQuicConnection(QuicConnection):
     ``verify_peer`` receives the DER certificate and raises a LatticaError to
     reject it; its return value is stored in :attr:`peer_identity`.
     ``stream_window`` is the receive credit granted beyond what the
-    application has consumed on each stream.
+    application has consumed on each stream. ``pacer_burst_packets`` of 0
+    keeps aioquic's own pacer (item 7).
     """
 
     def __init__(
@@ -86,6 +91,7 @@ class Libp2pQuicConnection(QuicConnection):
         verify_peer: CertificateVerifier,
         stream_window: int,
         max_incoming_streams: int,
+        pacer_burst_packets: int = PACER_BURST_PACKETS,
         **kwargs: Any,
     ) -> None:
         super().__init__(configuration=configuration, **kwargs)
@@ -97,7 +103,10 @@ class Libp2pQuicConnection(QuicConnection):
         self._local_max_streams_bidi.value = max_incoming_streams
         self._local_max_streams_bidi.sent = max_incoming_streams
         self._deferred_aborts: dict[int, tuple[int, bool, bool]] = {}
-        self._loss._pacer = BurstPacer(max_datagram_size=configuration.max_datagram_size)
+        if pacer_burst_packets:
+            self._loss._pacer = BurstPacer(
+                max_datagram_size=configuration.max_datagram_size, burst=pacer_burst_packets
+            )
 
     # -- 1 and 2: mutual authentication ------------------------------------
     def _initialize(self, peer_cid: bytes) -> None:

@@ -52,6 +52,8 @@ class QuicSettings:
     """SO_RCVBUF/SO_SNDBUF of the UDP socket; 4 MiB removed loopback drops here."""
     receive_batch: int = 256
     """Datagrams drained from the socket per wakeup before connections respond."""
+    pacer_burst_packets: int = 16
+    """Datagrams the pacer lets out back to back; 0 keeps aioquic's pacer (compat.py item 7)."""
 
     def __post_init__(self) -> None:
         if not 1200 <= self.max_datagram_bytes <= 65527:
@@ -70,6 +72,8 @@ class QuicSettings:
             raise ConfigError("socket_buffer_bytes must be at least 64 KiB")
         if not 1 <= self.receive_batch <= 4096:
             raise ConfigError("receive_batch must be in 1..4096")
+        if not 0 <= self.pacer_burst_packets <= 1024:
+            raise ConfigError("pacer_burst_packets must be in 0..1024")
         if self.congestion_control not in ("reno", "cubic"):
             raise ConfigError("congestion_control must be 'reno' or 'cubic'")
 
@@ -113,6 +117,7 @@ class QuicSession:
             verify_peer=self._verify,
             stream_window=settings.stream_window_bytes,
             max_incoming_streams=settings.max_incoming_streams,
+            pacer_burst_packets=settings.pacer_burst_packets,
             original_destination_connection_id=original_destination_connection_id,
         )
         self._established = False
