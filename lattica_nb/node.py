@@ -28,7 +28,7 @@ from .protocols import identify, ping
 from .protocols.identify import IdentifyInfo
 from .protocols.router import Handler, Router, Stream, open_protocol_stream
 from .transport.base import Connection
-from .transport.manager import ConnectionManager
+from .transport.manager import ConnectionManager, Dialer
 from .transport.quic.endpoint import QuicEndpoint
 
 logger = logging.getLogger(__name__)
@@ -85,8 +85,10 @@ class Node:
                 await stack.enter_async_context(endpoint)
                 self._endpoints.append(endpoint)
                 self._tg.start_soon(self._accept_loop, endpoint)
+            dialers: list[Dialer] = [*self._endpoints[:1]]
             self._manager = ConnectionManager(
-                quic=self._endpoints[0] if self._endpoints else None,
+                local_peer=self.peer_id,
+                dialers=dialers,
                 max_connections=cfg.max_connections,
                 max_connections_per_peer=cfg.max_connections_per_peer,
                 idle_timeout_s=cfg.idle_timeout_s,
@@ -132,7 +134,10 @@ class Node:
     @property
     def listen_addrs(self) -> list[Multiaddr]:
         """Full multiaddrs (with /p2p/) others can dial."""
-        return [e.listen_addr.with_peer_id(self.peer_id) for e in self._endpoints]
+        return [a.with_peer_id(self.peer_id) for a in self._listen_addrs()]
+
+    def _listen_addrs(self) -> list[Multiaddr]:
+        return [e.listen_addr for e in self._endpoints]
 
     @property
     def protocols(self) -> tuple[str, ...]:
@@ -260,7 +265,7 @@ class Node:
         peer = conn.remote_peer
         if manager.remove(conn):
             self._identify_done.pop(peer, None)
-            reason = str(getattr(conn, "close_error", None) or "closed")
+            reason = str(conn.close_error or "closed")
             self._publish(PeerDisconnected(peer, reason))
 
     async def _bootstrap(self, addr: Multiaddr) -> None:
@@ -277,7 +282,7 @@ class Node:
             protocol_version=self.config.protocol_version,
             agent_version=self.config.agent_version,
             public_key=self._identity.public_key,
-            listen_addrs=tuple(e.listen_addr for e in self._endpoints),
+            listen_addrs=tuple(self._listen_addrs()),
             observed_addr=conn.remote_addr,
             protocols=self._router.protocols,
             signed_peer_record=None,

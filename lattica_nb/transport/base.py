@@ -14,6 +14,7 @@ from typing import Protocol
 
 import anyio.abc
 
+from ..errors import LatticaError
 from ..identity import PeerId
 from ..multiaddr import Multiaddr
 
@@ -35,6 +36,9 @@ class RawStream(anyio.abc.ByteStream):
 
 class Connection(Protocol):
     """An authenticated, multiplexed connection to one peer."""
+
+    close_error: LatticaError | None
+    """Why the connection closed; None while open or after a clean close."""
 
     @property
     def remote_peer(self) -> PeerId: ...

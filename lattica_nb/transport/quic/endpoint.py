@@ -55,6 +55,8 @@ class QuicEndpoint:
             inbound = await endpoint.accept()
     """
 
+    name = "quic-v1"
+
     def __init__(
         self,
         identity: PrivateKey,
