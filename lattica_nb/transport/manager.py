@@ -238,6 +238,7 @@ class ConnectionManager:
     async def _dial_race(self, peer: PeerId | None, candidates: list[Multiaddr]) -> Connection:
         won: list[Connection] = []
         errors: list[str] = []
+        failures: list[LatticaError] = []
 
         async def attempt(addr: Multiaddr, failed: anyio.Event) -> None:
             try:
@@ -245,6 +246,7 @@ class ConnectionManager:
             except LatticaError as exc:
                 self._backoff.failed(addr, anyio.current_time())
                 errors.append(f"{addr}: {exc}")
+                failures.append(exc)
                 failed.set()
                 return
             if won:  # another address won meanwhile
@@ -264,7 +266,10 @@ class ConnectionManager:
                     await failed.wait()
         if not won:
             tried = "; ".join(errors)
-            raise DialError(f"could not reach {peer or 'the peer'} ({len(errors)} tried: {tried})")
+            cause = failures[0] if len(failures) == 1 else None
+            raise DialError(
+                f"could not reach {peer or 'the peer'} ({len(errors)} tried: {tried})"
+            ) from cause
         conn = won[0]
         if not self.admit(conn):
             await conn.aclose("connection limit")
