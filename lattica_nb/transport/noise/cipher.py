@@ -229,8 +229,8 @@ class FrameReader:
 
     :meth:`split` returns every frame completed by the bytes fed so far; an
     incomplete frame waits (copied, so at most 65537 bytes) for the next
-    call. Frames that lie wholly inside ``data`` are returned as memoryviews
-    into it without copying: use them before changing ``data``.
+    call. Frames are returned as memoryviews, those wholly inside ``data``
+    without copying: use them before changing ``data``.
     """
 
     __slots__ = ("_partial",)
@@ -262,7 +262,8 @@ class FrameReader:
             pos += take
             if len(partial) < size:
                 return frames
-            frames.append(memoryview(bytes(partial[LENGTH_PREFIX_BYTES:])))
+            # A fresh buffer takes over; the old one is never resized, so the view stays valid.
+            frames.append(memoryview(partial)[LENGTH_PREFIX_BYTES:])
             self._partial = partial = bytearray()
         while end - pos >= LENGTH_PREFIX_BYTES:
             stop = pos + LENGTH_PREFIX_BYTES + ((view[pos] << 8) | view[pos + 1])

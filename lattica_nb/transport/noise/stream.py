@@ -9,9 +9,10 @@ ByteStream:
   65519 bytes, encrypted straight into one buffer per ~1 MiB batch, and each
   batch goes to the underlying stream in one ``send``.
 * ``receive`` reads up to ``READ_BYTES`` from the underlying stream, decrypts
-  every complete frame in it and hands the plaintext out over as many calls
-  as ``max_bytes`` asks. It reads again only when all of it was delivered,
-  so at most one read's worth of plaintext waits here.
+  every complete frame in it and hands the plaintext out, one frame per call
+  (small frames joined up to ``max_bytes``, large ones split to it). It reads
+  again only when all of it was delivered, so at most one read's worth of
+  plaintext waits here.
 * A frame that fails to decrypt raises RemoteProtocolError, and so does every
   later ``receive`` and ``send``: the caller should close the stream.
 * ``send_eof`` half-closes the underlying stream (Noise has no close message);
@@ -46,6 +47,9 @@ SEND_BATCH_BYTES = 16 * MAX_PLAINTEXT_BYTES
 """Plaintext encrypted per underlying ``send`` (16 full frames, just under 1 MiB)."""
 
 HANDSHAKE_READ_BYTES = 65536 + 2
+
+JOIN_BELOW_BYTES = 16 * 1024
+"""Decrypted frames smaller than this are joined into one ``receive`` result."""
 
 
 async def noise_handshake(
@@ -164,20 +168,27 @@ class NoiseStream(ByteStream):
         return self._take(max_bytes)
 
     def _take(self, max_bytes: int) -> bytes:
+        """The next plaintext, at most ``max_bytes``; small chunks are joined, large ones not.
+
+        A decrypted frame is handed out as it is (no copy): joining big frames
+        to fill a large ``max_bytes`` would cost a copy to save a call.
+        """
         pending = self._pending
         head = pending.popleft()
         if len(head) > max_bytes:
             pending.appendleft(head[max_bytes:])
             return head[:max_bytes]
-        if not pending or len(head) + len(pending[0]) > max_bytes:
+        if len(head) >= JOIN_BELOW_BYTES or not pending:
             return head
         parts = [head]
         size = len(head)
-        while pending and size + len(pending[0]) <= max_bytes:
+        while (
+            pending and len(pending[0]) < JOIN_BELOW_BYTES and size + len(pending[0]) <= max_bytes
+        ):
             chunk = pending.popleft()
             parts.append(chunk)
             size += len(chunk)
-        return b"".join(parts)
+        return head if len(parts) == 1 else b"".join(parts)
 
     async def send(self, item: bytes) -> None:
         view = byte_view(item)
