@@ -269,3 +269,31 @@ async def test_initiator_data_pipelined_behind_message_3() -> None:
         assert await bob.receive() == b"right behind message 3"
         with pytest.raises(anyio.EndOfStream):
             await bob.receive()
+
+
+async def test_corrupted_frame_right_behind_message_3_fails_the_first_receive() -> None:
+    a, b = memory_stream_pair()
+    sent = anyio.Event()
+
+    async def initiator() -> None:
+        await noise_handshake(a, PrivateKey.generate(), is_initiator=True)
+        await a.send(b"\x00\x20" + bytes(32))  # a forged transport frame
+        sent.set()
+
+    with anyio.fail_after(TIMEOUT_S):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(initiator)
+            bob = await noise_handshake(
+                GatedStream(b, sent), PrivateKey.generate(), is_initiator=False
+            )
+        with pytest.raises(RemoteProtocolError):
+            await bob.receive()
+
+
+async def test_empty_send_sends_nothing() -> None:
+    a, b = memory_stream_pair()
+    alice, bob = await connect(a, b)
+    with anyio.fail_after(TIMEOUT_S):
+        await alice.send(b"")
+        await alice.send(b"x")
+        assert await bob.receive() == b"x"

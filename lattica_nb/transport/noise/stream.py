@@ -110,7 +110,10 @@ class NoiseStream(ByteStream):
         self._receive_lock = anyio.Lock(fast_acquire=True)
         self._failure: RemoteProtocolError | None = None
         if result.leftover:
-            self._feed(result.leftover)
+            try:
+                self._feed(result.leftover)
+            except RemoteProtocolError:
+                pass  # recorded in self._failure; the first receive raises it
 
     @property
     def remote_peer(self) -> PeerId:
@@ -195,8 +198,13 @@ class NoiseStream(ByteStream):
         transport = self._transport
         async with self._send_lock:
             self._check_usable()
+            if not view:
+                await anyio.lowlevel.checkpoint()
+                return
             for start in range(0, len(view), SEND_BATCH_BYTES):
                 batch = transport.encrypt(view[start : start + SEND_BATCH_BYTES])
+                # A fresh bytearray that nothing touches again: handing it over
+                # saves copying up to 1 MiB into bytes (streams accept any buffer).
                 await self._inner.send(batch)  # type: ignore[arg-type]
 
     async def send_eof(self) -> None:
