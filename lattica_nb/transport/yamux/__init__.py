@@ -1,0 +1,15 @@
+"""Yamux (``/yamux/1.0.0``): stream multiplexing over TCP + Noise and relayed connections.
+
+:mod:`.frames` is the header codec, :mod:`.session` the sans-IO core,
+:mod:`.connection` the anyio driver whose :class:`YamuxConnection` is a
+libp2p :class:`~lattica_nb.transport.base.Connection`.
+"""
+
+from __future__ import annotations
+
+from .connection import YamuxConnection, YamuxStream
+from .settings import YamuxSettings
+
+__all__ = ["PROTOCOL_ID", "YamuxConnection", "YamuxSettings", "YamuxStream"]
+
+PROTOCOL_ID = "/yamux/1.0.0"
