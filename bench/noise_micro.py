@@ -1,6 +1,6 @@
 """Noise micro-benchmark: the sans-IO core and the anyio driver over loopback TCP.
 
-    python bench/noise_micro.py [--size-mib 256] [--json]
+    python bench/noise_micro.py [--size-mib 256] [--repeat 3] [--one-process] [--json]
 
 Rows:
 
@@ -14,7 +14,9 @@ Rows:
 TCP rows run the receiver in a second process (two peers on two cores, as
 two kernels would be) and, with ``--one-process``, both ends on one event
 loop. Throughput counts plaintext bytes, from the first byte sent to the last
-byte received.
+byte received. Each row is the median of ``--repeat`` runs (loopback figures
+on a shared 2-core VM vary by tens of percent from run to run); ``--json``
+also gives every run.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import argparse
 import json
 import multiprocessing
 import os
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -169,18 +172,23 @@ async def _tcp_one_process(size: int, noise: bool, read_bytes: int) -> float:
     return size / 1e6 / elapsed
 
 
-async def bench_tcp(size: int, one_process: bool) -> dict[str, float]:
-    rows: dict[str, float] = {}
+async def bench_tcp(size: int, one_process: bool, repeat: int) -> dict[str, list[float]]:
+    runs: dict[str, list[float]] = {}
     cases = [
         ("tcp plain, receive(1 MiB)", False, MIB),
         ("tcp noise, receive(1 MiB)", True, MIB),
         ("tcp noise, receive() 64 KiB", True, 65536),
     ]
-    for name, noise, read_bytes in cases:
-        rows[f"{name}, 2 processes"] = await _tcp_two_processes(size, noise, read_bytes)
-        if one_process:
-            rows[f"{name}, 1 process"] = await _tcp_one_process(size, noise, read_bytes)
-    return rows
+    for _ in range(repeat):
+        for name, noise, read_bytes in cases:
+            runs.setdefault(f"{name}, 2 processes", []).append(
+                await _tcp_two_processes(size, noise, read_bytes)
+            )
+            if one_process:
+                runs.setdefault(f"{name}, 1 process", []).append(
+                    await _tcp_one_process(size, noise, read_bytes)
+                )
+    return runs
 
 
 def main() -> None:
@@ -188,19 +196,25 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--size-mib", type=int, default=256)
+    parser.add_argument("--repeat", type=int, default=3, help="runs per row (median shown)")
     parser.add_argument("--one-process", action="store_true", help="also run both ends in one loop")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     args = parser.parse_args()
     size = args.size_mib * MIB
-    rows = bench_core(size)
-    rows.update(anyio.run(bench_tcp, size, args.one_process))
+    runs: dict[str, list[float]] = {}
+    for _ in range(args.repeat):
+        for name, value in bench_core(size).items():
+            runs.setdefault(name, []).append(value)
+    runs.update(anyio.run(bench_tcp, size, args.one_process, args.repeat))
     if args.json:
-        print(json.dumps(rows, indent=2))
+        medians = {name: statistics.median(values) for name, values in runs.items()}
+        print(json.dumps({"median_MBps": medians, "runs_MBps": runs}, indent=2))
         return
-    print(f"Noise micro-benchmark, {args.size_mib} MiB, plaintext MB/s")
-    width = max(map(len, rows))
-    for name, value in rows.items():
-        print(f"  {name:<{width}}  {value:8.0f}")
+    print(f"Noise micro-benchmark, {args.size_mib} MiB, plaintext MB/s (median of {args.repeat})")
+    width = max(map(len, runs))
+    for name, values in runs.items():
+        low, high = min(values), max(values)
+        print(f"  {name:<{width}}  {statistics.median(values):6.0f}   ({low:.0f}..{high:.0f})")
 
 
 if __name__ == "__main__":

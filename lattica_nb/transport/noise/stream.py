@@ -33,7 +33,7 @@ from anyio.abc import ByteStream
 
 from ...errors import ConnectionClosedError, DecodeError, RemoteProtocolError
 from ...identity import PeerId, PrivateKey, PublicKey
-from .cipher import MAX_PLAINTEXT_BYTES, NoiseTransport, byte_view
+from .cipher import NoiseTransport, byte_view
 from .handshake import HandshakeResult, NoiseHandshake
 
 __all__ = ["READ_BYTES", "SEND_BATCH_BYTES", "NoiseStream", "noise_handshake"]
@@ -43,8 +43,8 @@ logger = logging.getLogger(__name__)
 READ_BYTES = 512 * 1024
 """Most bytes one read from the underlying stream asks for."""
 
-SEND_BATCH_BYTES = 16 * MAX_PLAINTEXT_BYTES
-"""Plaintext encrypted per underlying ``send`` (16 full frames, just under 1 MiB)."""
+SEND_BATCH_BYTES = 1 << 20
+"""Plaintext encrypted per underlying ``send``: 1 MiB is 16 full frames and one small."""
 
 HANDSHAKE_READ_BYTES = 65536 + 2
 
