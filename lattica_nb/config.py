@@ -10,6 +10,7 @@ from .errors import ConfigError, MultiaddrError
 from .identity import PrivateKey
 from .multiaddr import Multiaddr
 from .transport.quic.session import QuicSettings
+from .transport.tcp import TcpSettings
 
 DEFAULT_PROTOCOL_VERSION = "/lattica-nb/1.0.0"
 """Identify protocol version. Lattica peers drop a peer whose version differs
@@ -17,7 +18,7 @@ from theirs (``/lattica/1.0.0`` by default); set this to theirs to join them."""
 
 AGENT_VERSION = f"lattica-nb/{__version__}"
 
-SUPPORTED_LISTEN_TRANSPORTS = ("quic-v1",)
+SUPPORTED_LISTEN_TRANSPORTS = ("quic-v1", "tcp")
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,7 +30,7 @@ class NodeConfig:
     uses a fresh key that is never written (tests, demos).
     """
 
-    listen: tuple[str, ...] = ("/ip4/127.0.0.1/udp/0/quic-v1",)
+    listen: tuple[str, ...] = ("/ip4/127.0.0.1/udp/0/quic-v1", "/ip4/127.0.0.1/tcp/0")
     bootstrap: tuple[str, ...] = ()
     identity: PrivateKey | None = None
     key_path: Path | None = None
@@ -43,6 +44,7 @@ class NodeConfig:
     negotiation_timeout_s: float = 10.0
     identify_timeout_s: float = 5.0
     quic: QuicSettings = field(default_factory=QuicSettings)
+    tcp: TcpSettings = field(default_factory=TcpSettings)
 
     def __post_init__(self) -> None:
         if isinstance(self.listen, str) or isinstance(self.bootstrap, str):
@@ -52,7 +54,7 @@ class NodeConfig:
             if addr.transport() not in SUPPORTED_LISTEN_TRANSPORTS:
                 raise ConfigError(
                     f"listen address {text!r}: only {', '.join(SUPPORTED_LISTEN_TRANSPORTS)} "
-                    "listeners exist so far, e.g. /ip4/127.0.0.1/udp/0/quic-v1"
+                    "listeners exist, e.g. /ip4/127.0.0.1/udp/0/quic-v1 or /ip4/127.0.0.1/tcp/0"
                 )
         for text in self.bootstrap:
             if _parse(text, "bootstrap").peer_id is None:

@@ -30,6 +30,7 @@ from .protocols.router import Handler, Router, Stream, open_protocol_stream
 from .transport.base import Connection
 from .transport.manager import ConnectionManager, Dialer
 from .transport.quic.endpoint import QuicEndpoint
+from .transport.tcp import TcpTransport
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +61,7 @@ class Node:
         self.peer_id = PeerId.from_public_key(self._identity.public_key)
         self._router = Router(negotiation_timeout_s=self.config.negotiation_timeout_s)
         self._endpoints: list[QuicEndpoint] = []
+        self._tcp: list[TcpTransport] = []
         self._manager: ConnectionManager | None = None
         self._tg: anyio.abc.TaskGroup | None = None
         self._identified: dict[PeerId, IdentifyInfo] = {}
@@ -79,13 +81,25 @@ class Node:
             stack.callback(self._stopping)
             for addr in cfg.listen_addrs:
                 host, port = addr.host_port()
+                if addr.transport() == "tcp":
+                    tcp = TcpTransport(self._identity, cfg.tcp, host, port,
+                                       max_connections=cfg.max_connections)
+                    await stack.enter_async_context(tcp)
+                    self._tcp.append(tcp)
+                    self._tg.start_soon(self._accept_loop, tcp)
+                    continue
                 endpoint = QuicEndpoint(
                     self._identity, cfg.quic, host, port, max_connections=cfg.max_connections
                 )
                 await stack.enter_async_context(endpoint)
                 self._endpoints.append(endpoint)
                 self._tg.start_soon(self._accept_loop, endpoint)
-            dialers: list[Dialer] = [*self._endpoints[:1]]
+            if not self._tcp:  # dial-only: a node that does not listen on TCP still dials it
+                tcp = TcpTransport(self._identity, cfg.tcp, None,
+                                   max_connections=cfg.max_connections)
+                await stack.enter_async_context(tcp)
+                self._tcp.append(tcp)
+            dialers: list[Dialer] = [*self._tcp[:1], *self._endpoints[:1]]
             self._manager = ConnectionManager(
                 local_peer=self.peer_id,
                 dialers=dialers,
@@ -129,6 +143,7 @@ class Node:
             send.close()
         self._subscribers.clear()
         self._endpoints.clear()
+        self._tcp.clear()
 
     # -- properties ------------------------------------------------------------------------
     @property
@@ -137,7 +152,9 @@ class Node:
         return [a.with_peer_id(self.peer_id) for a in self._listen_addrs()]
 
     def _listen_addrs(self) -> list[Multiaddr]:
-        return [e.listen_addr for e in self._endpoints]
+        addrs = [e.listen_addr for e in self._endpoints]
+        addrs += [t.listen_addr for t in self._tcp if t.listen_addr is not None]
+        return addrs
 
     @property
     def protocols(self) -> tuple[str, ...]:
@@ -222,7 +239,7 @@ class Node:
             raise LocalProtocolError("the node is not running; use 'async with Node(...) as node'")
         return self._manager
 
-    async def _accept_loop(self, endpoint: QuicEndpoint) -> None:
+    async def _accept_loop(self, endpoint: QuicEndpoint | TcpTransport) -> None:
         while True:
             try:
                 conn = await endpoint.accept()

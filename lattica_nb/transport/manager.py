@@ -193,18 +193,19 @@ class ConnectionManager:
     async def connect(self, peer: PeerId | None, addrs: list[Multiaddr]) -> Connection:
         """The best live connection to ``peer`` (reused if present), else a new one.
 
-        ``addrs`` are raced in the order given (the caller's choice wins);
+        A live connection is reused when ``addrs`` is empty or names its
+        transport. ``addrs`` are raced in the order given (the caller's choice wins);
         without them the address book is used, fastest transport first,
         skipping addresses in backoff.
         """
         if peer is not None:
-            existing = self.best_connection(peer)
+            existing = self._reusable(peer, addrs)
             if existing is not None:
                 return existing
             pending = self._dialing.get(peer)
             if pending is not None:  # another task is dialing this peer: share its result
                 await pending.wait()
-                existing = self.best_connection(peer)
+                existing = self._reusable(peer, addrs)
                 if existing is not None:
                     return existing
         if addrs:
@@ -220,6 +221,21 @@ class ConnectionManager:
             if peer is not None and self._dialing.get(peer) is done:
                 del self._dialing[peer]
             done.set()
+
+    def _reusable(self, peer: PeerId, addrs: list[Multiaddr]) -> Connection | None:
+        """A live connection that serves a dial of ``addrs`` (any, when none are named).
+
+        Naming addresses of another transport than every live connection's
+        (say TCP while only QUIC is up) dials them: the caller asked for that path.
+        """
+        best = self.best_connection(peer)
+        if best is None or not addrs:
+            return best
+        wanted = {a.transport() for a in addrs}
+        for conn in sorted(self.connections(peer), key=self._rank):
+            if _transport_of(conn) in wanted:
+                return conn
+        return None
 
     def _dialable_from_book(self, peer: PeerId | None) -> list[Multiaddr]:
         known = self.addresses(peer) if peer is not None else []
