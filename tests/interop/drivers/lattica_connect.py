@@ -1,6 +1,9 @@
-"""Interop driver, run INSIDE a loopback-only network namespace (see test_quic_lattica.py).
+"""Interop driver, run INSIDE a loopback-only network namespace (see test_lattica_connect.py).
 
-A lattica_nb node and two Lattica SDK (rust-libp2p) peers, over QUIC only:
+    python lattica_connect.py quic-v1|tcp
+
+A lattica_nb node and two Lattica SDK (rust-libp2p) peers, over one transport
+only (QUIC with libp2p TLS, or TCP with Noise and Yamux):
 Lattica peer L1 dials us (bootstrap), we dial Lattica peer L2. Each side
 reports what identify told it about the other, and we ping both. Prints one
 JSON line with the observations; the test asserts on them.
@@ -19,10 +22,12 @@ from anyio.abc import Process
 from anyio.streams.text import TextReceiveStream
 
 from lattica_nb import Node, NodeConfig, PeerId, PeerIdentified
+from lattica_nb.multiaddr import Multiaddr
 
 PEER_SCRIPT = Path(__file__).resolve().parent.parent / "peers" / "lattica_peer.py"
 LATTICA_PROTOCOL = "/lattica/1.0.0"
-QUIC_ONLY = ["--listen", "/ip4/127.0.0.1/udp/0/quic-v1"]
+LISTEN = {"quic-v1": "/ip4/127.0.0.1/udp/0/quic-v1", "tcp": "/ip4/127.0.0.1/tcp/0"}
+TRANSPORT = sys.argv[1] if len(sys.argv) > 1 else "quic-v1"
 
 
 class LatticaPeer:
@@ -51,7 +56,8 @@ class LatticaPeer:
 
 async def start_peer(*extra: str) -> LatticaPeer:
     process = await anyio.open_process(
-        [sys.executable, str(PEER_SCRIPT), *QUIC_ONLY, "--protocol", LATTICA_PROTOCOL, *extra],
+        [sys.executable, str(PEER_SCRIPT), "--listen", LISTEN[TRANSPORT],
+         "--protocol", LATTICA_PROTOCOL, *extra],
         stderr=None,
     )
     peer = LatticaPeer(process)
@@ -81,7 +87,9 @@ def our_view(node: Node, peer: PeerId) -> dict[str, Any]:
 
 async def main() -> None:
     result: dict[str, Any] = {}
-    config = NodeConfig(ephemeral=True, protocol_version=LATTICA_PROTOCOL)
+    config = NodeConfig(
+        ephemeral=True, protocol_version=LATTICA_PROTOCOL, listen=(LISTEN[TRANSPORT],)
+    )
     async with Node(config) as node, node.subscribe() as events:
         our_addr = str(node.listen_addrs[0])
         result["our_peer_id"] = str(node.peer_id)
@@ -99,7 +107,7 @@ async def main() -> None:
 
         # 2. We dial Lattica.
         l2 = await start_peer()
-        l2_addr = next(a for a in l2.ready["listen_addrs"] if "/quic-v1" in a)
+        l2_addr = next(a for a in l2.ready["listen_addrs"] if Multiaddr(a).transport() == TRANSPORT)
         start = time.perf_counter()
         info = await node.connect(l2_addr)
         result["outbound_connect_identify_s"] = time.perf_counter() - start
@@ -110,6 +118,10 @@ async def main() -> None:
             await l2.call(cmd="peer_info", peer=str(node.peer_id))
         )["info"]
         result["outbound_lattica_rtt"] = await l2.call(cmd="rtt", peer=str(node.peer_id))
+        result["transports"] = sorted(
+            {c.remote_addr.transport() or "?" for p in (l1_id, info.peer_id)
+             for c in node._manager.connections(p)}
+        )
 
         for peer in (l1, l2):
             await peer.call(cmd="quit")
