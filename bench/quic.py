@@ -62,10 +62,11 @@ async def _lattica_nb(
 
 
 @asynccontextmanager
-async def sink_peer(knobs: dict[str, object]) -> AsyncIterator[str]:
-    """Run bench/sink_peer.py with these QuicSettings; yield its multiaddr."""
+async def sink_peer(knobs: dict[str, object], transport: str = "quic-v1") -> AsyncIterator[str]:
+    """Run bench/sink_peer.py with these QuicSettings on one transport; yield its multiaddr."""
     peer = subprocess.Popen(
-        [sys.executable, str(HERE / "sink_peer.py"), "--settings", json.dumps(knobs)],
+        [sys.executable, str(HERE / "sink_peer.py"), "--settings", json.dumps(knobs),
+         "--transport", transport],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
     )
     try:
@@ -136,14 +137,14 @@ def _raw_tcp(size: int) -> dict[str, float]:
 
 
 # -- the Lattica SDK pair ----------------------------------------------------------------------
-def _lattica_pair(size: int, pings: int) -> dict[str, float] | str:
+def _lattica_pair(size: int, pings: int, *, rpc_calls: int = 0) -> dict[str, float] | str:
     from lattica_nb.testing.netns import loopback_namespace_available, netns_command
 
     reason = loopback_namespace_available()
     if reason is not None:
         return f"skipped: {reason}"
     argv = [sys.executable, str(HERE / "lattica_pair.py"), "--size-mib", str(size >> 20),
-            "--pings", str(pings)]
+            "--pings", str(pings), "--rpc-calls", str(rpc_calls)]
     try:
         out = subprocess.run(netns_command(argv), capture_output=True, text=True, timeout=300,
                              check=False)
