@@ -13,6 +13,7 @@ Messages say what happened and what to do. They never contain key material.
 from __future__ import annotations
 
 import builtins
+import enum
 
 __all__ = [
     "ConfigError",
@@ -23,11 +24,16 @@ __all__ = [
     "LatticaError",
     "LimitExceeded",
     "LocalProtocolError",
+    "MessageTooLarge",
     "MultiaddrError",
     "PeerIdMismatch",
     "ProtocolError",
     "ProtocolNegotiationError",
     "RemoteProtocolError",
+    "RpcDeadlineExceeded",
+    "RpcError",
+    "SchemaError",
+    "StatusCode",
     "StreamResetError",
     "TimeoutError",
     "TransportError",
@@ -105,3 +111,71 @@ class TimeoutError(LatticaError, builtins.TimeoutError):
 
 class LimitExceeded(LatticaError):
     """A configured limit (connections, streams, message size) was reached."""
+
+
+# -- RPC (lattica_nb.protocols.rpc) ---------------------------------------------------------
+
+
+class MessageTooLarge(DecodeError):
+    """A peer announced a message larger than the configured maximum; nothing was read."""
+
+    def __init__(self, size: int, limit: int) -> None:
+        super().__init__(f"message of {size} bytes exceeds the limit of {limit} bytes")
+        self.size = size
+        self.limit = limit
+
+
+class SchemaError(LocalProtocolError, TypeError):
+    """A type cannot be used in an RPC schema, or a value to send does not match its type."""
+
+
+class StatusCode(enum.IntEnum):
+    """How an RPC ended. The numbers and meanings are gRPC's."""
+
+    OK = 0
+    CANCELLED = 1
+    UNKNOWN = 2
+    INVALID_ARGUMENT = 3
+    DEADLINE_EXCEEDED = 4
+    NOT_FOUND = 5
+    ALREADY_EXISTS = 6
+    PERMISSION_DENIED = 7
+    RESOURCE_EXHAUSTED = 8
+    FAILED_PRECONDITION = 9
+    ABORTED = 10
+    OUT_OF_RANGE = 11
+    UNIMPLEMENTED = 12
+    INTERNAL = 13
+    UNAVAILABLE = 14
+    DATA_LOSS = 15
+    UNAUTHENTICATED = 16
+
+
+class RpcError(LatticaError):
+    """An RPC ended with a status other than OK.
+
+    A handler raises it on purpose to send that status to the caller, e.g.
+    ``raise RpcError(StatusCode.NOT_FOUND, "no run named 'sweep'")``; the
+    caller's ``call`` raises an RpcError with the same code and message.
+    Any other exception in a handler reaches the caller as INTERNAL without
+    its text or traceback (those are logged where the handler ran).
+    """
+
+    def __init__(self, code: StatusCode, message: str = "") -> None:
+        super().__init__(f"{code.name}: {message}" if message else code.name)
+        self.code = code
+        self.message = message
+
+    @staticmethod
+    def from_status(code: StatusCode, message: str) -> RpcError:
+        """The error for a status received from a peer (DEADLINE_EXCEEDED gets its subclass)."""
+        if code is StatusCode.DEADLINE_EXCEEDED:
+            return RpcDeadlineExceeded(message)
+        return RpcError(code, message)
+
+
+class RpcDeadlineExceeded(RpcError, TimeoutError):
+    """The call's deadline passed before it finished (``except TimeoutError`` catches it)."""
+
+    def __init__(self, message: str = "") -> None:
+        super().__init__(StatusCode.DEADLINE_EXCEEDED, message)
