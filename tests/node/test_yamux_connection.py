@@ -253,6 +253,27 @@ async def test_over_loopback_tcp():
 # -- closing and errors -------------------------------------------------------------------------
 
 
+async def test_a_writer_stalls_at_the_window_while_nobody_reads():
+    small = YamuxSettings(keepalive_s=None, receive_window_bytes=256 * KIB)
+    async with memory_pair(a_settings=small, b_settings=small) as (a, b):
+        stream = await a.open_stream()
+        await stream.send(b"open")
+        inbound = await b.accept_stream()
+        done = anyio.Event()
+        async with anyio.create_task_group() as tg:
+
+            async def write() -> None:
+                await stream.send(bytes(1 * MIB))
+                await stream.send_eof()
+                done.set()
+
+            tg.start_soon(write)
+            await anyio.wait_all_tasks_blocked()
+            assert not done.is_set()  # blocked on credit: at most one window is buffered
+            assert len(await read_all(inbound)) == 4 + 1 * MIB
+        assert done.is_set()
+
+
 async def test_reset_by_the_peer_fails_both_directions():
     async with memory_pair() as (a, b):
         stream = await a.open_stream()

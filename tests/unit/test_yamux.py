@@ -231,7 +231,7 @@ def test_session_on_random_bytes_only_ever_fails_with_a_remote_protocol_error(da
     side.session.data_to_send()
     for event in side.of(ev.ConnectionTerminated):
         assert isinstance(event.error, RemoteProtocolError | LimitExceeded | ConnectionClosedError)
-    assert side.session.open_stream_count <= side.session._settings.max_streams
+    assert side.session.open_stream_count <= YamuxSettings().max_streams
 
 
 # -- settings -------------------------------------------------------------------------------

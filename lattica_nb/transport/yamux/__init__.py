@@ -7,8 +7,9 @@ libp2p :class:`~lattica_nb.transport.base.Connection`.
 
 from __future__ import annotations
 
-from .connection import YamuxConnection, YamuxStream
+from .connection import YamuxConnection
 from .settings import YamuxSettings
+from .stream import YamuxStream
 
 __all__ = ["PROTOCOL_ID", "YamuxConnection", "YamuxSettings", "YamuxStream"]
 

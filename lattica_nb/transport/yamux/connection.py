@@ -26,17 +26,25 @@ from ...errors import (
 )
 from ...identity import PeerId
 from ...multiaddr import Multiaddr
-from ..base import RawStream
 from . import events as ev
 from .session import YamuxSession
 from .settings import YamuxSettings
+from .stream import YamuxStream
+
+__all__ = ["YamuxConnection", "YamuxStream"]
 
 logger = logging.getLogger(__name__)
 
 RECEIVE_BYTES = 256 * 1024
 """Largest read from the underlying stream (asyncio reads TCP in 256 KiB pieces)."""
 
-_CLOSE_ERRORS = (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError, LatticaError)
+_CLOSE_ERRORS = (
+    anyio.BrokenResourceError,
+    anyio.ClosedResourceError,
+    anyio.IncompleteRead,
+    OSError,
+    LatticaError,
+)
 
 
 class _PeerLog(logging.LoggerAdapter[logging.Logger]):
@@ -46,140 +54,6 @@ class _PeerLog(logging.LoggerAdapter[logging.Logger]):
         self, msg: Any, kwargs: MutableMapping[str, Any]
     ) -> tuple[Any, MutableMapping[str, Any]]:
         return f"[{self.extra['peer'] if self.extra else '?'}] {msg}", kwargs
-
-
-class YamuxStream(RawStream):
-    """One Yamux stream as an anyio ByteStream."""
-
-    def __init__(self, connection: YamuxConnection, stream_id: int) -> None:
-        self._conn = connection
-        self._id = stream_id
-        self._chunks: deque[bytes | memoryview] = deque()
-        self._eof = False
-        self._error: LatticaError | None = None
-        self._readable = anyio.Event()
-        self._writable = anyio.Event()
-        self._write_closed = False
-        self._read_closed = False
-
-    @property
-    def stream_id(self) -> int:
-        return self._id
-
-    def __repr__(self) -> str:
-        return f"<YamuxStream {self._id} of {self._conn!r}>"
-
-    # -- fed by the connection -------------------------------------------------------
-    def _on_data(self, data: bytes | memoryview) -> None:
-        if not self._read_closed:
-            self._chunks.append(data)
-            self._readable.set()
-
-    def _on_end(self) -> None:
-        self._eof = True
-        self._readable.set()
-
-    def _on_error(self, error: LatticaError) -> None:
-        if self._error is None:
-            self._error = error
-        self._readable.set()
-        self._writable.set()
-
-    @property
-    def _finished(self) -> bool:
-        if self._error is not None:
-            return True
-        return self._write_closed and (self._read_closed or self._eof)
-
-    # -- anyio ByteStream ------------------------------------------------------------
-    async def receive(self, max_bytes: int = 65536) -> bytes:
-        """Return available bytes; EndOfStream after the peer's FIN.
-
-        Raises StreamResetError once the peer reset the stream and
-        ConnectionClosedError once the connection is gone (after any bytes
-        that arrived before).
-        """
-        if max_bytes < 1:
-            raise ValueError("max_bytes must be at least 1")
-        chunks = self._chunks
-        while not chunks:
-            if self._eof or self._read_closed:
-                raise anyio.EndOfStream
-            if self._error is not None:
-                raise self._error
-            if self._readable.is_set():
-                self._readable = anyio.Event()
-            await self._readable.wait()
-        chunk = chunks[0]
-        if len(chunk) > max_bytes:
-            view = chunk if isinstance(chunk, memoryview) else memoryview(chunk)
-            out: bytes | memoryview = view[:max_bytes]
-            chunks[0] = view[max_bytes:]
-        else:
-            out = chunk
-            chunks.popleft()
-        self._conn._consumed(self._id, len(out))
-        return out if type(out) is bytes else bytes(out)
-
-    async def send(self, item: bytes) -> None:
-        """Send all of ``item``, waiting for the peer's credit and for the writer."""
-        conn = self._conn
-        session = conn._session
-        view = memoryview(item)
-        while True:
-            if self._error is not None:
-                raise self._error
-            if self._write_closed:
-                raise anyio.ClosedResourceError
-            if not view:
-                await anyio.lowlevel.checkpoint()
-                return
-            sent = session.send(self._id, view)
-            if sent:
-                conn._wake_writer()
-                view = view[sent:]
-            elif session.output_full:
-                await conn._wait_drained()
-            else:
-                if self._writable.is_set():
-                    self._writable = anyio.Event()
-                await self._writable.wait()
-
-    async def send_eof(self) -> None:
-        """Finish our side (FIN); reading goes on."""
-        await anyio.lowlevel.checkpoint()
-        if self._write_closed:
-            return
-        self._write_closed = True
-        if self._error is None:
-            self._conn._session.end_stream(self._id)
-            self._conn._wake_writer()
-        self._conn._maybe_forget(self)
-
-    async def aclose(self) -> None:
-        """Finish our side (FIN, no reset) and stop reading.
-
-        Data that still arrives is dropped and earns no credit, so a peer that
-        keeps writing stalls at one window; memory stays bounded.
-        """
-        if not self._write_closed:
-            await self.send_eof()
-        else:
-            await anyio.lowlevel.checkpoint()
-        self._read_closed = True
-        self._chunks.clear()
-        self._conn._session.close_stream(self._id)
-        self._conn._maybe_forget(self)
-
-    async def reset(self) -> None:
-        """Abort the stream in both directions (RST)."""
-        await anyio.lowlevel.checkpoint()
-        if self._error is None:
-            self._conn._session.reset_stream(self._id)
-            self._conn._wake_writer()
-            self._on_error(StreamResetError(f"yamux stream {self._id} was reset locally"))
-        self._chunks.clear()
-        self._conn._maybe_forget(self)
 
 
 class YamuxConnection:
@@ -440,8 +314,8 @@ class YamuxConnection:
     def _lost(self, exc: BaseException) -> None:
         if self._session.is_terminated:
             return
-        if isinstance(exc, ConnectionClosedError):
-            error: LatticaError = exc
+        if isinstance(exc, LatticaError):
+            error: LatticaError = exc  # e.g. the secure channel's DecodeError
         else:
             error = ConnectionClosedError(f"the connection failed: {exc!r}")
             error.__cause__ = exc
@@ -455,16 +329,19 @@ class YamuxConnection:
     async def _wait_drained(self) -> None:
         await self._drained.wait()
 
-    def _consumed(self, stream_id: int, nbytes: int) -> None:
+    def _consumed(self, stream: YamuxStream, nbytes: int) -> None:
+        if self._streams.get(stream.stream_id) is not stream:
+            return  # finished (or its id reused by the peer): no credit to return
         session = self._session
-        session.consumed(stream_id, nbytes)
+        session.consumed(stream.stream_id, nbytes)
         if session.has_output:
             self._write_wanted.set()
 
     def _maybe_forget(self, stream: YamuxStream) -> None:
         if stream._finished and self._streams.get(stream.stream_id) is stream:
             del self._streams[stream.stream_id]
-        self._write_wanted.set()
+        if self._session.has_output:
+            self._write_wanted.set()
         if self._session.ack_backlog < self._settings.max_ack_backlog:
             self._can_open.set()
 

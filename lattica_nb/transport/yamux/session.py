@@ -44,8 +44,6 @@ from .frames import (
     GO_AWAY_INTERNAL_ERROR,
     GO_AWAY_NORMAL,
     GO_AWAY_PROTOCOL_ERROR,
-    HEADER,
-    HEADER_BYTES,
     TYPE_DATA,
     TYPE_GO_AWAY,
     TYPE_PING,
@@ -54,42 +52,12 @@ from .frames import (
     FrameReader,
     Header,
 )
-from .settings import INITIAL_WINDOW_BYTES, YamuxSettings
+from .keepalive import Keepalive
+from .output import OutputQueue
+from .settings import YamuxSettings
+from .window import StreamState
 
 logger = logging.getLogger(__name__)
-
-_pack = HEADER.pack
-
-
-class _Stream:
-    """Flow-control state of one open stream (the bytes live in the driver)."""
-
-    __slots__ = (
-        "acked",
-        "buffered",
-        "max_window",
-        "outbound",
-        "pending_credit",
-        "recv_fin",
-        "recv_window",
-        "removed",
-        "send_fin",
-        "send_window",
-        "stream_id",
-    )
-
-    def __init__(self, stream_id: int, *, outbound: bool) -> None:
-        self.stream_id = stream_id
-        self.outbound = outbound
-        self.acked = False  # outbound: the peer sent ACK; inbound: we sent ACK
-        self.max_window = INITIAL_WINDOW_BYTES  # what we granted in total
-        self.recv_window = INITIAL_WINDOW_BYTES  # what the peer may still send
-        self.buffered = 0  # delivered to the driver, not yet consumed
-        self.pending_credit = 0  # consumed, not yet returned in a window update
-        self.send_window = INITIAL_WINDOW_BYTES
-        self.recv_fin = False
-        self.send_fin = False
-        self.removed = False
 
 
 class YamuxSession:
@@ -98,26 +66,25 @@ class YamuxSession:
     def __init__(self, *, is_initiator: bool, settings: YamuxSettings, now: float) -> None:
         self.is_initiator = is_initiator
         self._settings = settings
-        self._streams: dict[int, _Stream] = {}
+        self._streams: dict[int, StreamState] = {}
         self._next_id = 1 if is_initiator else 2
         self._ack_backlog = 0  # our streams the peer has not acknowledged
         self._accept_backlog = 0  # peer's streams we have not acknowledged
         self._granted_total = 0
+        self._refused = 0  # inbound streams reset for exceeding a limit
         self._reader = FrameReader(settings.receive_window_bytes)
         self._data_left = 0  # payload bytes of the current data frame still to come
-        self._data_stream: _Stream | None = None  # where they go (None: skipped)
+        self._data_stream: StreamState | None = None  # where they go (None: skipped)
         self._data_fin = False  # the current data frame carries FIN
-        self._out: list[bytes | memoryview] = []
-        self._out_bytes = 0
-        self._reply_bytes = 0  # control frames the peer made us queue since the last flush
+        self._out = OutputQueue(
+            limit=settings.send_buffer_bytes,
+            reply_limit=settings.max_control_backlog_bytes,
+            max_frame=settings.max_frame_bytes,
+        )
         self._events: deque[ev.YamuxEvent] = deque()
         self._terminated = False
         self.close_error: LatticaError | None = None
-        self._ping_id = 0
-        self._ping_sent_at: float | None = None
-        self._last_receive_at = now
-        keepalive = settings.keepalive_s
-        self._next_ping_at = None if keepalive is None else now + keepalive
+        self._keepalive = Keepalive(settings.keepalive_s, settings.keepalive_timeout_s, now)
         self.rtt_s: float | None = None
 
     # -- state -------------------------------------------------------------------
@@ -146,7 +113,7 @@ class YamuxSession:
     @property
     def output_full(self) -> bool:
         """True while writers should wait for :meth:`data_to_send` to be called."""
-        return self._out_bytes >= self._settings.send_buffer_bytes
+        return self._out.full
 
     def send_window(self, stream_id: int) -> int:
         stream = self._streams.get(stream_id)
@@ -160,33 +127,20 @@ class YamuxSession:
     # -- output --------------------------------------------------------------------
     def data_to_send(self) -> bytes:
         """Everything queued for the underlying stream, as one buffer (small frames coalesced)."""
-        out = self._out
-        if not out:
-            return b""
-        data = out[0] if len(out) == 1 else b"".join(out)
-        self._out = []
-        self._out_bytes = 0
-        self._reply_bytes = 0
-        return bytes(data)
+        return self._out.take()
 
     def next_event(self) -> ev.YamuxEvent | None:
         return self._events.popleft() if self._events else None
 
     def get_timer(self) -> float | None:
-        if self._terminated or self._next_ping_at is None:
-            return None
-        if self._ping_sent_at is not None:
-            return (
-                max(self._ping_sent_at, self._last_receive_at) + self._settings.keepalive_timeout_s
-            )
-        return self._next_ping_at
+        return None if self._terminated else self._keepalive.timer()
 
     # -- input -------------------------------------------------------------------------
     def receive_data(self, data: bytes, now: float) -> None:
         """Process bytes from the underlying stream (any split of the byte stream)."""
         if self._terminated or not data:
             return
-        self._last_receive_at = now
+        self._keepalive.received(now)
         try:
             for item in self._reader.feed(data):
                 if type(item) is Header:
@@ -204,21 +158,17 @@ class YamuxSession:
 
     def handle_timer(self, now: float) -> None:
         """Send a keepalive ping when due; end the session when one stays unanswered."""
-        if self._terminated or self._next_ping_at is None:
+        if self._terminated:
             return
-        if self._ping_sent_at is not None:
-            timeout = self._settings.keepalive_timeout_s
-            if now >= max(self._ping_sent_at, self._last_receive_at) + timeout:
-                self._terminate(
-                    TimeoutError(
-                        f"the peer sent nothing for {timeout:g} s after a keepalive ping; "
-                        "treating the connection as lost"
-                    )
+        if self._keepalive.expired(now):
+            self._terminate(
+                TimeoutError(
+                    f"the peer sent nothing for {self._settings.keepalive_timeout_s:g} s after "
+                    "a keepalive ping; treating the connection as lost"
                 )
-        elif now >= self._next_ping_at:
-            self._ping_id = (self._ping_id + 1) & U32_MAX
-            self._ping_sent_at = now
-            self._queue(_pack(0, TYPE_PING, FLAG_SYN, 0, self._ping_id))
+            )
+        elif (opaque := self._keepalive.ping_due(now)) is not None:
+            self._out.frame(TYPE_PING, FLAG_SYN, 0, opaque)
 
     def connection_lost(self, error: LatticaError | None) -> None:
         """The underlying stream ended or failed."""
@@ -243,7 +193,7 @@ class YamuxSession:
         self._next_id += 2
         stream = self._add(stream_id, outbound=True)
         self._ack_backlog += 1
-        self._queue(_pack(0, TYPE_WINDOW_UPDATE, FLAG_SYN, stream_id, self._grant(stream)))
+        self._out.frame(TYPE_WINDOW_UPDATE, FLAG_SYN, stream_id, self._grant(stream))
         return stream_id
 
     def acknowledge(self, stream_id: int) -> None:
@@ -253,7 +203,7 @@ class YamuxSession:
             return
         stream.acked = True
         self._accept_backlog -= 1
-        self._queue(_pack(0, TYPE_WINDOW_UPDATE, FLAG_ACK, stream_id, self._grant(stream)))
+        self._out.frame(TYPE_WINDOW_UPDATE, FLAG_ACK, stream_id, self._grant(stream))
 
     def send(self, stream_id: int, data: bytes | bytearray | memoryview) -> int:
         """Queue data frames within the send window and buffer; return the bytes taken.
@@ -268,22 +218,8 @@ class YamuxSession:
         if stream is None or stream.send_fin:
             raise LocalProtocolError(f"yamux stream {stream_id} is closed for sending")
         view = data if isinstance(data, memoryview) else memoryview(data)
-        keep = view.readonly and isinstance(view.obj, bytes)
-        total = len(view)
-        limit = self._settings.send_buffer_bytes
-        max_frame = self._settings.max_frame_bytes
-        window = stream.send_window
-        out = self._out
-        sent = 0
-        while sent < total and window > 0 and self._out_bytes < limit:
-            size = min(total - sent, window, max_frame)
-            piece = view[sent : sent + size]
-            out.append(_pack(0, TYPE_DATA, 0, stream_id, size))
-            out.append(piece if keep else bytes(piece))
-            self._out_bytes += HEADER_BYTES + size
-            sent += size
-            window -= size
-        stream.send_window = window
+        sent = self._out.data(stream_id, view, stream.send_window)
+        stream.send_window -= sent
         return sent
 
     def end_stream(self, stream_id: int) -> None:
@@ -292,7 +228,7 @@ class YamuxSession:
         if stream is None or stream.send_fin or self._terminated:
             return
         stream.send_fin = True
-        self._queue(_pack(0, TYPE_DATA, FLAG_FIN, stream_id, 0))
+        self._out.frame(TYPE_DATA, FLAG_FIN, stream_id, 0)
         if stream.recv_fin:
             self._remove(stream)
 
@@ -310,28 +246,17 @@ class YamuxSession:
         stream = self._streams.get(stream_id)
         if stream is None or self._terminated:
             return
-        self._queue(_pack(0, TYPE_WINDOW_UPDATE, FLAG_RST, stream_id, 0))
+        self._out.frame(TYPE_WINDOW_UPDATE, FLAG_RST, stream_id, 0)
         self._remove(stream)
 
     def consumed(self, stream_id: int, nbytes: int) -> None:
         """The application read ``nbytes``; return credit once half the window is read."""
         stream = self._streams.get(stream_id)
-        if stream is None:
+        if stream is None or self._terminated:
             return
-        if not 0 <= nbytes <= stream.buffered:
-            raise LocalProtocolError(
-                f"consumed {nbytes} bytes of yamux stream {stream_id} but only "
-                f"{stream.buffered} were delivered"
-            )
-        stream.buffered -= nbytes
-        if stream.recv_fin or self._terminated:
-            return
-        credit = stream.pending_credit + nbytes
-        if credit * 2 >= stream.max_window:
-            self._queue(_pack(0, TYPE_WINDOW_UPDATE, 0, stream_id, credit))
-            stream.recv_window += credit
-            credit = 0
-        stream.pending_credit = credit
+        credit = stream.consume(nbytes)
+        if credit:
+            self._out.frame(TYPE_WINDOW_UPDATE, 0, stream_id, credit)
 
     def close(self) -> None:
         """End the session cleanly: GoAway with code 0."""
@@ -362,12 +287,7 @@ class YamuxSession:
             return  # unknown, closed or refused: the payload is skipped
         if flags & FLAG_ACK:
             self._on_ack(stream)
-        if length > stream.recv_window:
-            raise RemoteProtocolError(
-                f"peer sent a {length}-byte data frame on yamux stream {stream_id} with only "
-                f"{stream.recv_window} bytes of window left"
-            )
-        stream.recv_window -= length
+        stream.charge(length)
         if stream.recv_fin:
             logger.debug("yamux: dropping %d bytes after FIN on stream %d", length, stream_id)
         elif length:
@@ -402,18 +322,13 @@ class YamuxSession:
         if flags & FLAG_ACK:
             self._on_ack(stream)
         if delta:
-            window = stream.send_window + delta
-            if window > U32_MAX:
-                raise RemoteProtocolError(
-                    f"peer's window update overflows the 32-bit window of yamux stream {stream_id}"
-                )
-            stream.send_window = window
+            stream.add_send_credit(delta)
             if not stream.send_fin:
                 self._events.append(ev.StreamWritable(stream_id))
         if flags & FLAG_FIN:
             self._on_fin(stream)
 
-    def _on_syn(self, stream_id: int) -> _Stream | None:
+    def _on_syn(self, stream_id: int) -> StreamState | None:
         ours = 1 if self.is_initiator else 0
         if stream_id == 0 or stream_id & 1 == ours:
             raise RemoteProtocolError(
@@ -428,26 +343,28 @@ class YamuxSession:
             len(self._streams) >= settings.max_streams
             or self._accept_backlog >= settings.max_accept_backlog
         ):
-            logger.warning(
+            logger.log(
+                logging.DEBUG if self._refused else logging.WARNING,
                 "yamux peer opened stream %d beyond the limits (%d open, %d unaccepted); "
-                "resetting it",
+                "resetting it (further ones are logged at DEBUG)",
                 stream_id,
                 len(self._streams),
                 self._accept_backlog,
             )
-            self._reply(_pack(0, TYPE_WINDOW_UPDATE, FLAG_RST, stream_id, 0))
+            self._refused += 1
+            self._out.reply(TYPE_WINDOW_UPDATE, FLAG_RST, stream_id, 0)
             return None
         stream = self._add(stream_id, outbound=False)
         self._accept_backlog += 1
         self._events.append(ev.StreamOpened(stream_id))
         return stream
 
-    def _on_ack(self, stream: _Stream) -> None:
+    def _on_ack(self, stream: StreamState) -> None:
         if stream.outbound and not stream.acked:
             stream.acked = True
             self._ack_backlog -= 1
 
-    def _on_fin(self, stream: _Stream) -> None:
+    def _on_fin(self, stream: StreamState) -> None:
         if stream.recv_fin:
             return
         stream.recv_fin = True
@@ -464,14 +381,12 @@ class YamuxSession:
 
     def _on_ping(self, header: Header, now: float) -> None:
         if header.flags & FLAG_SYN:
-            self._reply(_pack(0, TYPE_PING, FLAG_ACK, 0, header.length))
-        elif header.flags & FLAG_ACK and self._ping_sent_at is not None:
-            if header.length == self._ping_id:
-                self.rtt_s = now - self._ping_sent_at
-                self._ping_sent_at = None
-                if self._settings.keepalive_s is not None:
-                    self._next_ping_at = now + self._settings.keepalive_s
-                self._events.append(ev.PingAnswered(self.rtt_s))
+            self._out.reply(TYPE_PING, FLAG_ACK, 0, header.length)
+        elif header.flags & FLAG_ACK:
+            rtt = self._keepalive.answered(header.length, now)
+            if rtt is not None:
+                self.rtt_s = rtt
+                self._events.append(ev.PingAnswered(rtt))
 
     def _on_go_away(self, header: Header) -> None:
         code = header.length
@@ -487,24 +402,23 @@ class YamuxSession:
         )
 
     # -- helpers ---------------------------------------------------------------------
-    def _add(self, stream_id: int, *, outbound: bool) -> _Stream:
-        stream = _Stream(stream_id, outbound=outbound)
+    def _add(self, stream_id: int, *, outbound: bool) -> StreamState:
+        stream = StreamState(stream_id, outbound=outbound)
         self._streams[stream_id] = stream
         self._granted_total += stream.max_window
         return stream
 
-    def _grant(self, stream: _Stream) -> int:
+    def _grant(self, stream: StreamState) -> int:
         """Raise a stream's window to receive_window_bytes within the connection budget."""
         room = self._settings.max_connection_receive_bytes - self._granted_total
         extra = min(self._settings.receive_window_bytes - stream.max_window, room)
         if extra <= 0:
             return 0
-        stream.max_window += extra
-        stream.recv_window += extra
+        stream.widen(extra)
         self._granted_total += extra
         return extra
 
-    def _remove(self, stream: _Stream) -> None:
+    def _remove(self, stream: StreamState) -> None:
         del self._streams[stream.stream_id]
         stream.removed = True
         self._granted_total -= stream.max_window
@@ -514,23 +428,9 @@ class YamuxSession:
             else:
                 self._accept_backlog -= 1
 
-    def _queue(self, frame: bytes) -> None:
-        self._out.append(frame)
-        self._out_bytes += len(frame)
-
-    def _reply(self, frame: bytes) -> None:
-        """Queue a frame the peer asked for; a peer that makes us queue too many is flooding."""
-        self._queue(frame)
-        self._reply_bytes += len(frame)
-        if self._reply_bytes > self._settings.max_control_backlog_bytes:
-            raise LimitExceeded(
-                f"the peer made us queue {self._reply_bytes} bytes of replies (pongs, resets) "
-                "faster than the connection carries them"
-            )
-
     def _fail(self, error: LatticaError | None, code: int) -> None:
         if not self._terminated:
-            self._queue(_pack(0, TYPE_GO_AWAY, 0, 0, code))
+            self._out.frame(TYPE_GO_AWAY, 0, 0, code)
             self._terminate(error)
 
     def _terminate(self, error: LatticaError | None) -> None:
@@ -538,6 +438,7 @@ class YamuxSession:
             return
         self._terminated = True
         self.close_error = error
+        self._keepalive.stop()
         self._streams.clear()
         self._data_stream = None
         self._events.append(ev.ConnectionTerminated(error))
