@@ -427,9 +427,9 @@ async def test_a_silent_peer_is_detected_by_keepalive():
 
 
 async def test_answered_keepalive_pings_keep_the_connection_open():
-    settings = YamuxSettings(keepalive_s=0.05, keepalive_timeout_s=0.1)
+    settings = YamuxSettings(keepalive_s=0.05, keepalive_timeout_s=0.3)
     async with raw_pair(settings) as (conn, raw):
-        for _ in range(3):
+        for _ in range(10):  # 0.5 s in all: longer than the timeout
             header, _ = await raw.expect(TYPE_PING)
             await raw.send(encode_header(TYPE_PING, FLAG_ACK, 0, header.length))
         assert not conn.is_closed

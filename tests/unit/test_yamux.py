@@ -234,6 +234,39 @@ def test_session_on_random_bytes_only_ever_fails_with_a_remote_protocol_error(da
     assert side.session.open_stream_count <= YamuxSettings().max_streams
 
 
+frame_strategy = st.tuples(
+    st.integers(min_value=0, max_value=3),
+    st.integers(min_value=0, max_value=15),
+    st.sampled_from([0, 1, 2, 3, 5, 7, 0xFFFF_FFFF]),
+    st.one_of(st.integers(min_value=0, max_value=300), st.sampled_from([INITIAL, 0xFFFF_FFFF])),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(frame_strategy, max_size=40), st.integers(min_value=1, max_value=64))
+def test_session_on_random_well_formed_frames_keeps_its_bounds(frames, read_size):
+    window = INITIAL
+    side = listener(
+        receive_window_bytes=window,
+        max_connection_receive_bytes=window,
+        max_streams=4,
+        max_ack_backlog=4,
+        max_accept_backlog=4,
+    )
+    wire = b""
+    for frame_type, flags, stream_id, length in frames:
+        body = bytes(min(length, 300)) if frame_type == TYPE_DATA else b""
+        wire += encode_header(frame_type, flags, stream_id, length) + body
+    for start in range(0, len(wire), read_size):
+        side.session.receive_data(wire[start : start + read_size], 0.0)
+        side.drain(consume=False)
+        assert side.session.open_stream_count <= 4
+        for event in side.of(ev.StreamOpened):
+            assert side.session.buffered(event.stream_id) <= window
+    for event in side.of(ev.ConnectionTerminated):
+        assert isinstance(event.error, RemoteProtocolError | ConnectionClosedError | type(None))
+
+
 # -- settings -------------------------------------------------------------------------------
 
 

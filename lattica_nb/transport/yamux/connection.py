@@ -131,6 +131,7 @@ class YamuxConnection:
     async def open_stream(self) -> YamuxStream:
         """Open a stream; waits while max_ack_backlog of ours are unacknowledged."""
         session = self._session
+        await anyio.lowlevel.checkpoint()
         while True:
             if session.is_terminated:
                 raise self._closed_error()
@@ -143,7 +144,6 @@ class YamuxConnection:
         stream = YamuxStream(self, stream_id)
         self._streams[stream_id] = stream
         self._wake_writer()
-        await anyio.lowlevel.checkpoint()
         return stream
 
     async def accept_stream(self) -> YamuxStream:

@@ -121,36 +121,37 @@ class YamuxStream(RawStream):
 
     async def send_eof(self) -> None:
         """Finish our side (FIN); reading goes on."""
+        self._finish_writing()
         await anyio.lowlevel.checkpoint()
+
+    async def aclose(self) -> None:
+        """Finish our side (FIN, no reset) and stop reading; done even if cancelled.
+
+        Data that still arrives is dropped and earns no credit, so a peer that
+        keeps writing stalls at one window; memory stays bounded.
+        """
+        self._finish_writing()
+        self._read_closed = True
+        self._chunks.clear()
+        self._conn._session.close_stream(self._id)
+        self._conn._maybe_forget(self)
+        await anyio.lowlevel.checkpoint()
+
+    async def reset(self) -> None:
+        """Abort the stream in both directions (RST); done even if cancelled."""
+        if self._error is None:
+            self._conn._session.reset_stream(self._id)
+            self._conn._wake_writer()
+            self._on_error(StreamResetError(f"yamux stream {self._id} was reset locally"))
+        self._chunks.clear()
+        self._conn._maybe_forget(self)
+        await anyio.lowlevel.checkpoint()
+
+    def _finish_writing(self) -> None:
         if self._write_closed:
             return
         self._write_closed = True
         if self._error is None:
             self._conn._session.end_stream(self._id)
             self._conn._wake_writer()
-        self._conn._maybe_forget(self)
-
-    async def aclose(self) -> None:
-        """Finish our side (FIN, no reset) and stop reading.
-
-        Data that still arrives is dropped and earns no credit, so a peer that
-        keeps writing stalls at one window; memory stays bounded.
-        """
-        if not self._write_closed:
-            await self.send_eof()
-        else:
-            await anyio.lowlevel.checkpoint()
-        self._read_closed = True
-        self._chunks.clear()
-        self._conn._session.close_stream(self._id)
-        self._conn._maybe_forget(self)
-
-    async def reset(self) -> None:
-        """Abort the stream in both directions (RST)."""
-        await anyio.lowlevel.checkpoint()
-        if self._error is None:
-            self._conn._session.reset_stream(self._id)
-            self._conn._wake_writer()
-            self._on_error(StreamResetError(f"yamux stream {self._id} was reset locally"))
-        self._chunks.clear()
         self._conn._maybe_forget(self)
