@@ -274,7 +274,7 @@ def test_session_on_random_well_formed_frames_keeps_its_bounds(frames, read_size
     "kwargs",
     [
         {"receive_window_bytes": 1000},
-        {"max_frame_bytes": 32 * MIB},
+        {"max_frame_bytes": MIB + 1},
         {"max_streams": 0},
         {"max_ack_backlog": 600},
         {"keepalive_s": 0},

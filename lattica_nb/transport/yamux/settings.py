@@ -15,6 +15,9 @@ INITIAL_WINDOW_BYTES = 256 * KIB
 MAX_WINDOW_BYTES = 0xFFFF_FFFF
 """Windows are 32-bit on the wire."""
 
+MAX_FRAME_BYTES = 1 * MIB
+"""rust-yamux refuses data frames above 1 MiB (frame/io.rs), py-libp2p above 16 MiB."""
+
 
 @dataclass(frozen=True, slots=True)
 class YamuxSettings:
@@ -36,8 +39,8 @@ class YamuxSettings:
     to buffer at least 256); ``open_stream`` waits while ``max_ack_backlog``
     of our streams are not acknowledged (the spec's ACK backlog, 256).
 
-    Sending: data frames carry at most ``max_frame_bytes`` (py-libp2p closes
-    the connection above 16 MiB); writers wait while ``send_buffer_bytes``
+    Sending: data frames carry at most ``max_frame_bytes`` (rust-yamux closes
+    the connection above 1 MiB); writers wait while ``send_buffer_bytes``
     are queued for the underlying stream. Control frames the peer makes us
     send (pongs, RSTs) may queue ``max_control_backlog_bytes`` beyond that;
     a peer that makes us exceed it is flooding and the connection closes.
@@ -74,10 +77,10 @@ class YamuxSettings:
             raise ConfigError("max_ack_backlog must be in 1..max_streams")
         if not 1 <= self.max_accept_backlog <= self.max_streams:
             raise ConfigError("max_accept_backlog must be in 1..max_streams")
-        if not 1 <= self.max_frame_bytes <= 16 * MIB:
+        if not 1 <= self.max_frame_bytes <= MAX_FRAME_BYTES:
             raise ConfigError(
-                f"max_frame_bytes must be in 1..{16 * MIB} (py-libp2p drops the connection "
-                f"on larger frames), got {self.max_frame_bytes}"
+                f"max_frame_bytes must be in 1..{MAX_FRAME_BYTES} (rust-yamux drops the "
+                f"connection on larger frames), got {self.max_frame_bytes}"
             )
         if self.send_buffer_bytes < 1:
             raise ConfigError("send_buffer_bytes must be positive")
