@@ -11,8 +11,8 @@ from functools import partial
 import anyio
 import pytest
 
-from lattica_nb import Node, NodeConfig
-from lattica_nb.errors import LimitExceeded, SchemaError
+from lattica_nb import Node, NodeConfig, Stream
+from lattica_nb.errors import LimitExceeded, SchemaError, TransportError
 from lattica_nb.protocols.rpc import (
     PROTOCOL_ID,
     CallContext,
@@ -23,7 +23,15 @@ from lattica_nb.protocols.rpc import (
     RpcService,
     StatusCode,
 )
-from lattica_nb.protocols.rpc.codec import FrameDecoder, Shape, Status, decode_frame, encode_call
+from lattica_nb.protocols.rpc.codec import (
+    FrameDecoder,
+    Shape,
+    Status,
+    decode_frame,
+    encode_call,
+    encode_end,
+)
+from lattica_nb.wire.varint import encode_uvarint
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(60)]
 
@@ -182,6 +190,11 @@ async def test_leaving_a_server_stream_early_stops_the_handler() -> None:
                     if i == 5:
                         break
             await closed.wait()
+            closed = anyio.Event()
+            async for i in client.stream(server.peer_id, "forever", None, response=int):
+                if i == 5:
+                    break
+            await closed.wait()
 
 
 async def test_client_streaming_and_an_early_answer() -> None:
@@ -320,6 +333,43 @@ async def test_handler_errors_keep_their_secrets(caplog: pytest.LogCaptureFixtur
     assert logged and "secret-token-123" in str(logged[0].exc_info[1])  # type: ignore[index]
 
 
+async def read_status(stream: Stream) -> Status | None:
+    """The STATUS a server sends on a raw stream, or None if the stream ends or resets first."""
+    decoder = FrameDecoder(max_bytes=1 << 20)
+    while (body := decoder.next_frame()) is None:
+        try:
+            decoder.feed(await stream.receive())
+        except (anyio.EndOfStream, TransportError):
+            return None
+    frame = decode_frame(body, max_bytes=1 << 20)
+    assert isinstance(frame, Status)
+    return frame
+
+
+@pytest.mark.parametrize(
+    "data, code",
+    [
+        (encode_uvarint(3) + b"\xc1\xc1\xc1", StatusCode.INTERNAL),  # not msgpack
+        (encode_uvarint(2) + b"\x91\x03", StatusCode.INTERNAL),  # a STATUS from the caller
+        (encode_end(), StatusCode.INTERNAL),  # END outside a request stream
+        (encode_uvarint(1 << 30), StatusCode.RESOURCE_EXHAUSTED),  # only the length prefix
+    ],
+)
+async def test_protocol_violations_get_a_status_and_a_reset(data: bytes, code: StatusCode) -> None:
+    service = echo_service()
+    with anyio.fail_after(WAIT_S):
+        async with serving(service) as (server, caller, client):
+            async with await caller.open_stream(server.peer_id, PROTOCOL_ID) as stream:
+                await stream.send(data)
+                status = await read_status(stream)
+                assert status is not None and status.code is code
+                if code is StatusCode.RESOURCE_EXHAUSTED:
+                    assert str(1 << 30) in status.message
+                assert await read_status(stream) is None
+            assert await client.call(server.peer_id, "echo", EchoReq(b"fine"),
+                                     response=EchoResp) == EchoResp(b"fine")
+
+
 async def test_peer_without_rpc() -> None:
     with anyio.fail_after(WAIT_S):
         async with Node(config()) as server, Node(config()) as caller:
@@ -352,11 +402,8 @@ async def test_the_server_enforces_the_deadline_it_was_sent() -> None:
         async with serving(service) as (server, caller, _):
             async with await caller.open_stream(server.peer_id, PROTOCOL_ID) as stream:
                 await stream.send(encode_call("block", 50, Shape.UNARY, 1, max_bytes=1 << 20))
-                decoder = FrameDecoder(max_bytes=1 << 20)
-                while (body := decoder.next_frame()) is None:
-                    decoder.feed(await stream.receive())
-                status = decode_frame(body, max_bytes=1 << 20)
-            assert isinstance(status, Status) and status.code is StatusCode.DEADLINE_EXCEEDED
+                status = await read_status(stream)
+            assert status is not None and status.code is StatusCode.DEADLINE_EXCEEDED
             assert blocker.cancelled.is_set()
 
 

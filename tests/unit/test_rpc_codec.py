@@ -50,7 +50,7 @@ def roundtrip(frame: bytes) -> object:
 
 
 def raw(value: object) -> bytes:
-    return msgpack.packb(value, use_bin_type=True)
+    return bytes(msgpack.packb(value, use_bin_type=True))
 
 
 # -- frames --------------------------------------------------------------------------------

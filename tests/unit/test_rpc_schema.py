@@ -124,7 +124,7 @@ def test_lenient_where_python_is_float_and_str_subclasses_are_sent_as_plain_valu
     assert schema_for(Point).encode(Point(1, 2)) == {"x": 1.0, "y": 2.0}
     assert schema_for(float).decode(3) == 3.0
     assert type(schema_for(int).encode(Color.RED)) is int
-    assert schema_for(bytes).encode(bytearray(b"ab")) == bytearray(b"ab")
+    assert schema_for(bytes).encode(bytearray(b"ab")) == bytearray(b"ab")  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(
@@ -159,11 +159,11 @@ def test_mismatches_raise_decode_error_naming_the_path(
 
 def test_encoding_a_wrong_value_raises_schema_error_with_the_path() -> None:
     with pytest.raises(SchemaError, match=r"many\[1\]: expected Point"):
-        schema_for(Everything).encode(dataclasses.replace(sample(), many=(Point(0, 0), "p")))
+        schema_for(Everything).encode(dataclasses.replace(sample(), many=(Point(0, 0), "p")))  # type: ignore[arg-type]
     with pytest.raises(SchemaError, match="64-bit"):
         schema_for(int).encode(2**64)
     with pytest.raises(SchemaError, match="expected Point"):
-        schema_for(Point).encode(Tree("x"))
+        schema_for(Point).encode(Tree("x"))  # type: ignore[arg-type]
 
 
 def test_init_false_fields_are_not_sent() -> None:

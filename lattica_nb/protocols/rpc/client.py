@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import AsyncIterable, Iterable
+from collections.abc import AsyncIterable, AsyncIterator, Iterable
 from types import TracebackType
 from typing import Any, Generic, TypeVar
 
@@ -59,6 +59,9 @@ logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
+PRUNE_INTERVAL_S = 1.0
+"""At most this often, a finished call closes the expired kept streams of every peer."""
+
 SEND_FAILURE_GRACE_S = 1.0
 """After a failed send, how long to wait for the status the peer may have sent."""
 
@@ -83,6 +86,7 @@ class RpcClient:
         self._host = host
         self.config = config or RpcConfig()
         self._idle: dict[PeerId, list[FramedStream]] = {}
+        self._pruned_at = 0.0
 
     async def __aenter__(self) -> RpcClient:
         return self
@@ -133,8 +137,10 @@ class RpcClient:
     ) -> ResponseStream[T]:
         """Call a server-streaming method; iterate the result for its responses.
 
-        ``async for item in client.stream(...)`` works; wrap it in ``async
-        with`` when the loop may stop early, so the call is cancelled then.
+        ``async for item in client.stream(...)`` works. Leaving the loop
+        early cancels the call: at once inside ``async with client.stream(...)
+        as items``, or when the event loop finalizes the abandoned iterator
+        in a bare ``async for``.
         """
         target = _as_peer(peer)
         payload = _encode_request(request)
@@ -205,6 +211,10 @@ class RpcClient:
 
     async def _checkin(self, chan: FramedStream) -> None:
         """Keep a stream whose call ended cleanly for the next call, or close it."""
+        now = anyio.current_time()
+        if now - self._pruned_at >= PRUNE_INTERVAL_S:
+            self._pruned_at = now
+            await self._prune(now)
         if not chan.usable:
             await chan.close()
             return
@@ -212,8 +222,21 @@ class RpcClient:
         if len(idle) >= self.config.max_idle_streams_per_peer:
             await chan.close()
             return
-        chan.idle_since = anyio.current_time()
+        chan.idle_since = now
         idle.append(chan)
+
+    async def _prune(self, now: float) -> None:
+        """Close kept streams (of every peer) that are too old or known to be dead."""
+        limit = self.config.idle_stream_s
+        for peer, chans in list(self._idle.items()):
+            stale = [c for c in chans if not c.usable or now - c.idle_since > limit]
+            if not stale:
+                continue
+            chans[:] = [c for c in chans if c not in stale]
+            if not chans:
+                del self._idle[peer]
+            for chan in stale:
+                await chan.close()
 
     async def _start(
         self, peer: PeerId, method: str, shape: Shape, payload: object, deadline: float
@@ -315,8 +338,21 @@ class ResponseStream(Generic[T]):
     ) -> None:
         await self.aclose()
 
-    def __aiter__(self) -> ResponseStream[T]:
-        return self
+    def __aiter__(self) -> AsyncIterator[T]:
+        return self._iterate()
+
+    async def _iterate(self) -> AsyncIterator[T]:
+        # An async generator, so that a bare ``async for`` left by ``break`` still ends
+        # the call: the event loop's async-generator hook runs this ``finally``.
+        try:
+            while True:
+                try:
+                    item = await self.__anext__()
+                except StopAsyncIteration:
+                    return
+                yield item
+        finally:
+            await self.aclose()
 
     async def aclose(self) -> None:
         """Stop the call early (its handler is cancelled); harmless once it ended."""

@@ -122,7 +122,15 @@ _schemas: dict[Any, Schema[Any]] = {}
 _cache_lock = Lock()
 
 
-def schema_for(tp: type[T] | Any) -> Schema[T]:
+@typing.overload
+def schema_for(tp: type[T]) -> Schema[T]: ...
+
+
+@typing.overload
+def schema_for(tp: Any) -> Schema[Any]: ...
+
+
+def schema_for(tp: Any) -> Schema[Any]:
     """The schema of ``tp`` (compiled once per type)."""
     try:
         known = _schemas.get(tp)
@@ -137,7 +145,7 @@ def schema_for(tp: type[T] | Any) -> Schema[T]:
             codec = _compile(tp, pending)
             _cache.update(pending)
             _cache[tp] = codec
-        schema: Schema[T] = Schema(tp, codec)
+        schema: Schema[Any] = Schema(tp, codec)
         _schemas[tp] = schema
     return schema
 
