@@ -247,6 +247,36 @@ async def test_bidirectional_streaming() -> None:
                 assert [r async for r in call] == []
 
 
+async def test_a_streaming_handler_that_fails_early() -> None:
+    service = RpcService()
+
+    @service.bidi_stream("picky")
+    async def picky(ctx: CallContext, requests: AsyncIterator[str]) -> AsyncIterator[str]:
+        async for text in requests:
+            if text != "ok":
+                raise RpcError(StatusCode.FAILED_PRECONDITION, f"refused {text!r}")
+            yield text
+
+    with anyio.fail_after(WAIT_S):
+        async with serving(service) as (server, _, client):
+            # a caller that reads sees the status
+            async with client.bidi_stream(server.peer_id, "picky", response=str) as call:
+                await call.send("ok")
+                await call.send("no")
+                await call.send("ignored")
+                with pytest.raises(RpcError) as excinfo:
+                    async for _ in call:
+                        pass
+                assert excinfo.value.code is StatusCode.FAILED_PRECONDITION
+            # a caller that only writes learns it from a failing send
+            async with client.bidi_stream(server.peer_id, "picky", response=str) as call:
+                with pytest.raises(RpcError) as excinfo:
+                    while True:
+                        await call.send("no")
+                assert excinfo.value.code is StatusCode.FAILED_PRECONDITION
+                assert excinfo.value.message == "refused 'no'"
+
+
 # -- errors ----------------------------------------------------------------------------------
 async def test_unknown_method_and_wrong_shape() -> None:
     service = echo_service()
@@ -425,7 +455,7 @@ async def test_client_cancellation_reaches_the_handler() -> None:
 
 # -- limits -----------------------------------------------------------------------------------
 async def test_oversize_messages() -> None:
-    limit = 64 * 1024
+    limit = 1024 * 1024
     service = echo_service(RpcConfig(max_message_bytes=limit))
 
     @service.unary("big")
@@ -446,6 +476,11 @@ async def test_oversize_messages() -> None:
                                   response=EchoResp)
             assert excinfo.value.code is StatusCode.RESOURCE_EXHAUSTED
             assert str(limit) in excinfo.value.message
+            # also when the caller is still writing it as the server refuses it
+            with pytest.raises(RpcError) as excinfo:
+                await client.call(server.peer_id, "echo", EchoReq(b"x" * (4 * limit - 100)),
+                                  response=EchoResp)
+            assert excinfo.value.code is StatusCode.RESOURCE_EXHAUSTED
             # a response over the server's limit is refused by the server
             with pytest.raises(RpcError) as excinfo:
                 await client.call(server.peer_id, "big", 2 * limit, response=bytes)

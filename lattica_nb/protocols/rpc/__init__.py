@@ -15,16 +15,18 @@
                                             response=EchoResp, timeout_s=5)
 
 Modules: :mod:`.codec` (wire format, sans-IO), :mod:`.schema` (typed
-payloads, sans-IO), :mod:`.channel` (frames over a stream), :mod:`.service`
-(server), :mod:`.client` (caller), :mod:`.config`. The wire format is
+payloads, sans-IO), :mod:`.channel` (frames over a stream), :mod:`.service` (registration),
+:mod:`.server` (serving a stream), :mod:`.client` and :mod:`.calls` (the
+caller), :mod:`.config`. The wire format is
 described in docs/protocols.md, section "RPC".
 """
 
 from __future__ import annotations
 
 from ...errors import RpcDeadlineExceeded, RpcError, StatusCode
+from .calls import ResponseStream, StreamingCall
 from .channel import RpcHost
-from .client import ResponseStream, RpcClient, StreamingCall
+from .client import RpcClient
 from .codec import PROTOCOL_ID, Shape
 from .config import RpcConfig
 from .schema import Schema, schema_for
