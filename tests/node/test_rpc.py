@@ -12,7 +12,7 @@ import anyio
 import pytest
 
 from lattica_nb import Node, NodeConfig, Stream
-from lattica_nb.errors import LimitExceeded, SchemaError, TransportError
+from lattica_nb.errors import LimitExceeded, LocalProtocolError, SchemaError, TransportError
 from lattica_nb.protocols.rpc import (
     PROTOCOL_ID,
     CallContext,
@@ -564,6 +564,16 @@ async def test_registration_needs_types() -> None:
         service.server_stream("s")(_wrong_stream_annotation)  # type: ignore[arg-type]
     assert service.methods == ("typed",)
 
+    def blocking(ctx: CallContext, req: int) -> int:
+        return req
 
-async def _wrong_stream_annotation(ctx: CallContext, req: int) -> int:
-    return req
+    with pytest.raises(LocalProtocolError, match="async def"):
+        service.register("blocking", blocking)
+    with pytest.raises(LocalProtocolError, match="async generator"):
+        service.register("stream", untyped, shape=Shape.SERVER_STREAM, request=int, response=int)
+    with pytest.raises(LocalProtocolError, match="already registered"):
+        service.register("typed", untyped, request=int, response=int)
+
+
+async def _wrong_stream_annotation(ctx: CallContext, req: int) -> int:  # type: ignore[misc]
+    yield req

@@ -143,6 +143,7 @@ class RpcService:
             raise LocalProtocolError(f"method name must be 1..{MAX_METHOD_BYTES} UTF-8 bytes")
         if name in self._methods:
             raise LocalProtocolError(f"method {name!r} is already registered")
+        _check_async(name, handler, shape)
         if request is _INFER or response is _INFER:
             inferred_request, inferred_response = _infer_types(name, handler, shape)
             request = inferred_request if request is _INFER else request
@@ -173,6 +174,20 @@ class RpcService:
         """Serve one negotiated RPC stream (the protocol handler)."""
         await serve_stream(stream, self._methods, self._limits, self.config)
 
+
+
+def _check_async(name: str, handler: Callable[..., Any], shape: Shape) -> None:
+    """Refuse a plain function that cannot be awaited (or iterated) as its shape needs."""
+    if not inspect.isfunction(handler) and not inspect.ismethod(handler):
+        return  # a callable object: checked when called
+    if shape.streams_responses:
+        if inspect.iscoroutinefunction(handler):
+            raise LocalProtocolError(
+                f"the handler of {name!r} streams responses: make it an async generator "
+                "(async def with yield)"
+            )
+    elif not inspect.iscoroutinefunction(handler):
+        raise LocalProtocolError(f"the handler of {name!r} must be an 'async def' function")
 
 
 def _infer_types(name: str, handler: Callable[..., Any], shape: Shape) -> tuple[Any, Any]:
