@@ -323,7 +323,7 @@ class _StreamServer:
             )
         else:
             status = await self._invoke(method, active)
-        if status is None:
+        if status is None or self._chan.corrupt:  # a frame of ours may be half written
             return _BROKEN
         active.finished = True
         reusable = not call.shape.streams_requests
