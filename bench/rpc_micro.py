@@ -60,17 +60,20 @@ def build_service() -> RpcService:
     return service
 
 
-async def serve() -> None:
-    async with Node(NodeConfig(ephemeral=True)) as node:
+LISTEN = {"quic-v1": "/ip4/127.0.0.1/udp/0/quic-v1", "tcp": "/ip4/127.0.0.1/tcp/0"}
+
+
+async def serve(transport: str) -> None:
+    async with Node(NodeConfig(ephemeral=True, listen=(LISTEN[transport],))) as node:
         build_service().attach(node)
         print(node.listen_addrs[0], flush=True)
         await anyio.to_thread.run_sync(sys.stdin.read)
 
 
 @asynccontextmanager
-async def server_process() -> AsyncIterator[str]:
+async def server_process(transport: str) -> AsyncIterator[str]:
     peer = subprocess.Popen(
-        [sys.executable, str(Path(__file__).resolve()), "--serve"],
+        [sys.executable, str(Path(__file__).resolve()), "--serve", "--transport", transport],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
     )
     try:
@@ -116,11 +119,12 @@ async def _concurrent(n: int, tasks: int, call: Callable[[], Awaitable[object]])
     return n / (time.perf_counter() - started)
 
 
-async def measure(calls: int) -> dict[str, float]:
+async def measure(calls: int, transport: str = "quic-v1") -> dict[str, float]:
     small = Blob(os.urandom(SMALL_BYTES))
     large = Blob(os.urandom(LARGE_BYTES))
     figures: dict[str, float] = {}
-    async with server_process() as addr, Node(NodeConfig(ephemeral=True)) as node:
+    only = NodeConfig(ephemeral=True, listen=(LISTEN[transport],))
+    async with server_process(transport) as addr, Node(only) as node:
         info = await node.connect(addr)
         peer: PeerId = info.peer_id
         for label, config in (("reuse", RpcConfig()),
@@ -160,17 +164,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--calls", type=int, default=3000)
+    parser.add_argument("--transport", choices=sorted(LISTEN), default="quic-v1")
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     if args.serve:
-        anyio.run(serve)
+        anyio.run(serve, args.transport)
         return
-    f = anyio.run(measure, args.calls)
+    f = anyio.run(measure, args.calls, args.transport)
     if args.json:
         print(json.dumps(f))
         return
-    print(f"\nRPC over QUIC, two processes on 127.0.0.1, {os.cpu_count()} cores, "
+    print(f"\nRPC over {args.transport}, two processes on 127.0.0.1, {os.cpu_count()} cores, "
           f"{args.calls} calls\n")
     rows = [
         ("128 B unary p50", f"{f['reuse_p50_ms']:.3f} ms", f"{f['fresh_p50_ms']:.3f} ms",

@@ -38,6 +38,7 @@ import anyio
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from quic import CHUNK_BYTES, SINK_PROTOCOL, _fmt, _lattica_pair, _raw_tcp, sink_peer
+from rpc_micro import measure as measure_rpc
 
 from lattica_nb import Node, NodeConfig, PeerId
 
@@ -104,6 +105,7 @@ def main() -> None:
     size = args.size_mib << 20
 
     ours = anyio.run(_lattica_nb, size)
+    rpc = anyio.run(measure_rpc, args.rpc_calls, "tcp")
     raw = _raw_tcp(size)
     lattica = ("skipped: --skip-lattica" if args.skip_lattica
                else _lattica_pair(size, 100, rpc_calls=args.rpc_calls))
@@ -118,6 +120,20 @@ def main() -> None:
         ("four-stream throughput", ours["four_streams_MBps"], best_tcp, raw["throughput_MBps"],
          "MB/s"),
     ])
+    print()
+    _table([
+        ("RPC 128 B p50", rpc["reuse_p50_ms"], lat.get("tcp_rpc128_p50_ms"), None, "ms"),
+        ("RPC 128 B p99", rpc["reuse_p99_ms"], lat.get("tcp_rpc128_p99_ms"), None, "ms"),
+        ("RPC 128 B sequential", rpc["reuse_seq_qps"], lat.get("tcp_rpc128_seq_qps"), None,
+         "calls/s"),
+        ("RPC 128 B, 8 concurrent", rpc["concurrent8_qps"], lat.get("tcp_rpc128_conc8_qps"),
+         None, "calls/s"),
+        ("RPC 256 KiB echo", rpc["large_echo_qps"], lat.get("tcp_rpc256k_qps"), None,
+         "calls/s"),
+        ("RPC 128 B p50, new stream/call", rpc["fresh_p50_ms"], lat.get("tcp_rpc128_p50_ms"),
+         None, "ms"),
+    ])
+    print("\nFor latency a ratio below 1 means lattica_nb is faster; for the rest above 1.")
     if not lat:
         print(f"\nLattica SDK pair: {lattica}")
     else:
@@ -125,7 +141,7 @@ def main() -> None:
               f"(stream RPC {lat.get('tcp_throughput_MBps')} MB/s, "
               f"bitswap {lat.get('tcp_bitswap_MBps')} MB/s)")
     if args.json:
-        print(json.dumps({"lattica_nb": ours, "raw_tcp": raw, "lattica": lattica}))
+        print(json.dumps({"lattica_nb": ours, "rpc": rpc, "raw_tcp": raw, "lattica": lattica}))
 
 
 if __name__ == "__main__":
