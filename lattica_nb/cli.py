@@ -16,7 +16,7 @@ from pathlib import Path
 import anyio
 
 from . import __version__
-from .config import DEFAULT_PROTOCOL_VERSION, NodeConfig
+from .config import DEFAULT_LISTEN, DEFAULT_PROTOCOL_VERSION, NodeConfig
 from .errors import LatticaError
 from .events import PeerConnected, PeerDisconnected, PeerIdentified
 from .identity import PeerId, default_key_path, load_or_create_identity
@@ -29,7 +29,7 @@ def _say(line: str) -> None:
 
 def _node_config(args: argparse.Namespace) -> NodeConfig:
     return NodeConfig(
-        listen=tuple(args.listen or ("/ip4/127.0.0.1/udp/0/quic-v1",)),
+        listen=tuple(args.listen or DEFAULT_LISTEN),
         bootstrap=tuple(args.bootstrap or ()),
         key_path=args.key,
         ephemeral=args.ephemeral,
@@ -79,7 +79,7 @@ async def _run_demo(args: argparse.Namespace) -> None:
             hub = nodes[0]
             _say(f"started {count} peers on 127.0.0.1:")
             for i, node in enumerate(nodes):
-                _say(f"  peer {i}: {node.listen_addrs[0]}")
+                _say(f"  peer {i}: {'  '.join(str(a) for a in node.listen_addrs)}")
             for i, node in enumerate(nodes[1:], start=1):
                 info = await node.connect(hub.listen_addrs[0])
                 _say(f"peer {i} joined via peer 0 ({info.peer_id.short()}): "
@@ -125,7 +125,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p_node = sub.add_parser("node", help="run a long-lived peer")
     p_node.add_argument("--listen", action="append", metavar="MULTIADDR",
-                        help="listen address (repeatable; default /ip4/127.0.0.1/udp/0/quic-v1)")
+                        help="listen address (repeatable; default: QUIC and TCP on 127.0.0.1, "
+                             "random ports)")
     p_node.add_argument("--bootstrap", action="append", metavar="MULTIADDR",
                         help="peer to connect to at start, with /p2p/<id> (repeatable)")
     p_node.add_argument("--key", type=Path, default=None, help="identity key file")

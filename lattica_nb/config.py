@@ -19,6 +19,8 @@ from theirs (``/lattica/1.0.0`` by default); set this to theirs to join them."""
 AGENT_VERSION = f"lattica-nb/{__version__}"
 
 SUPPORTED_LISTEN_TRANSPORTS = ("quic-v1", "tcp")
+DEFAULT_LISTEN = ("/ip4/127.0.0.1/udp/0/quic-v1", "/ip4/127.0.0.1/tcp/0")
+"""QUIC (connectivity, hole punching later) and TCP (bulk), both on loopback."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,7 +32,7 @@ class NodeConfig:
     uses a fresh key that is never written (tests, demos).
     """
 
-    listen: tuple[str, ...] = ("/ip4/127.0.0.1/udp/0/quic-v1", "/ip4/127.0.0.1/tcp/0")
+    listen: tuple[str, ...] = DEFAULT_LISTEN
     bootstrap: tuple[str, ...] = ()
     identity: PrivateKey | None = None
     key_path: Path | None = None
