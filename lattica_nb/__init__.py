@@ -33,9 +33,16 @@ _EXPORTS = {
     "PrivateKey": ".identity",
     "PublicKey": ".identity",
     "Stream": ".protocols.router",
+    "CallContext": ".protocols.rpc",
+    "RpcClient": ".protocols.rpc",
+    "RpcConfig": ".protocols.rpc",
+    "RpcError": ".errors",
+    "RpcService": ".protocols.rpc",
+    "StatusCode": ".errors",
 }
 
 __all__ = [
+    "CallContext",
     "LatticaError",
     "Multiaddr",
     "Node",
@@ -48,6 +55,11 @@ __all__ = [
     "PeerInfo",
     "PrivateKey",
     "PublicKey",
+    "RpcClient",
+    "RpcConfig",
+    "RpcError",
+    "RpcService",
+    "StatusCode",
     "Stream",
     "__version__",
 ]
@@ -64,9 +76,10 @@ def __getattr__(name: str) -> Any:
 
 if TYPE_CHECKING:
     from .config import NodeConfig
-    from .errors import LatticaError
+    from .errors import LatticaError, RpcError, StatusCode
     from .events import NodeEvent, PeerConnected, PeerDisconnected, PeerIdentified
     from .identity import PeerId, PrivateKey, PublicKey
     from .multiaddr import Multiaddr
     from .node import Node, PeerInfo
     from .protocols.router import Stream
+    from .protocols.rpc import CallContext, RpcClient, RpcConfig, RpcService
