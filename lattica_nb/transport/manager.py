@@ -151,8 +151,7 @@ class ConnectionManager:
 
     def _rank(self, conn: Connection) -> tuple[int, bytes]:
         initiator = self._local_peer if conn.is_initiator else conn.remote_peer
-        return TRANSPORT_RANK.get(_transport_of(conn) or "", len(TRANSPORT_RANK)), \
-            initiator.to_bytes()
+        return _transport_rank(_transport_of(conn)), initiator.to_bytes()
 
     # -- registration -----------------------------------------------------------------
     def admit(self, conn: Connection) -> bool:
@@ -249,7 +248,7 @@ class ConnectionManager:
                 f"all {len(known)} known addresses of {peer} failed recently; "
                 f"next retry in {wait_s:.1f} s (or pass an address to connect to)"
             )
-        return sorted(ready, key=lambda a: TRANSPORT_RANK.get(a.transport() or "", 9))
+        return sorted(ready, key=lambda a: _transport_rank(a.transport()))
 
     async def _dial_race(self, peer: PeerId | None, candidates: list[Multiaddr]) -> Connection:
         won: list[Connection] = []
@@ -325,6 +324,11 @@ class ConnectionManager:
             elif self._idle_timeout_s > 0 and now - last >= self._idle_timeout_s:
                 logger.info("closing idle connection to %s", conn.remote_peer.short())
                 await conn.aclose("idle")
+
+
+def _transport_rank(transport: str | None) -> int:
+    """Preference of a transport for streams and dials; unknown ones come last."""
+    return TRANSPORT_RANK.get(transport or "", len(TRANSPORT_RANK))
 
 
 def _transport_of(conn: Connection) -> str | None:
