@@ -19,6 +19,7 @@ __all__ = [
     "ConfigError",
     "ConnectionClosedError",
     "DecodeError",
+    "DhtError",
     "DialError",
     "HandshakeError",
     "LatticaError",
@@ -27,6 +28,8 @@ __all__ = [
     "MessageTooLarge",
     "MultiaddrError",
     "PeerIdMismatch",
+    "QuorumFailed",
+    "RecordTooLarge",
     "ProtocolError",
     "ProtocolNegotiationError",
     "RemoteProtocolError",
@@ -179,3 +182,31 @@ class RpcDeadlineExceeded(RpcError, TimeoutError):
 
     def __init__(self, message: str = "") -> None:
         super().__init__(StatusCode.DEADLINE_EXCEEDED, message)
+
+
+# -- DHT (lattica_nb.dht) ---------------------------------------------------------------------
+
+
+class DhtError(LatticaError):
+    """A DHT operation could not be completed; the message says what was reached."""
+
+
+class QuorumFailed(DhtError):
+    """A put reached fewer peers than its quorum; the record stays local and is republished."""
+
+    def __init__(self, message: str, *, stored: int, needed: int) -> None:
+        super().__init__(message)
+        self.stored = stored
+        self.needed = needed
+
+
+class RecordTooLarge(LocalProtocolError):
+    """A value is larger than a DHT record may be; store it as a blob and put its id instead."""
+
+    def __init__(self, size: int, limit: int) -> None:
+        super().__init__(
+            f"a DHT record of {size} bytes exceeds the limit of {limit} bytes; store large data "
+            "as a blob and put its content id in the DHT"
+        )
+        self.size = size
+        self.limit = limit
