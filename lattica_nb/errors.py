@@ -28,15 +28,16 @@ __all__ = [
     "MessageTooLarge",
     "MultiaddrError",
     "PeerIdMismatch",
-    "QuorumFailed",
-    "RecordTooLarge",
     "ProtocolError",
     "ProtocolNegotiationError",
+    "QuorumFailed",
+    "RecordTooLarge",
     "RemoteProtocolError",
     "RpcDeadlineExceeded",
     "RpcError",
     "SchemaError",
     "StatusCode",
+    "StorageError",
     "StreamResetError",
     "TimeoutError",
     "TransportError",
@@ -210,3 +211,10 @@ class RecordTooLarge(LocalProtocolError):
         )
         self.size = size
         self.limit = limit
+
+
+# -- storage (lattica_nb.dht.database) -------------------------------------------------------
+
+
+class StorageError(LatticaError):
+    """A local database could not be opened, read or written; the message names the file."""
