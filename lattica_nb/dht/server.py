@@ -1,0 +1,225 @@
+"""Answers to inbound Kademlia requests, sans-IO (libp2p/specs kad-dht, "RPC messages").
+
+:class:`KadServer` turns one decoded request from ``sender`` into the answer
+to send back, or None:
+
+* ``FIND_NODE``: the ``k`` peers of the routing table closest to
+  ``sha256(key)``, the requester left out.
+* ``GET_VALUE``: the record held under ``key`` (if any, unexpired) and the
+  closer peers.
+* ``PUT_VALUE``: the record is validated (:class:`~.records.Validators`),
+  compared with the one held (the validator's ``select`` keeps the better;
+  a new value wins a tie, as go-libp2p-kad-dht does) and stored; the answer
+  echoes the request. None (the driver resets the stream) when the record is
+  invalid, its key differs from the message key, an older value than the one
+  held, or refused by the store's limits.
+* ``ADD_PROVIDER``: only provider entries naming the sender itself are
+  stored; always None, as the spec has no answer to it.
+* ``GET_PROVIDERS``: up to ``k`` providers of ``key`` and the closer peers.
+* ``PING``: echoed (deprecated in the spec, still answered).
+
+The server never adds ``sender`` to the routing table: only the driver knows
+whether it is a DHT server (identify, the protocols it speaks). Answers stay
+under ``max_response_bytes`` (rust-libp2p's 16 KiB packet limit) by leaving
+out the farthest closer peers. ``now`` is wall-clock seconds (record expiry is
+absolute); nothing here reads a clock.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime
+
+from ..errors import DecodeError, VerificationError
+from ..identity import PeerId
+from .keys import key_for_bytes
+from .messages import Message, MessageType, PeerEntry, WireRecord
+from .records import Validators
+from .routing import RoutingEntry, RoutingTable
+from .store import ProviderRecord, ProviderStore, RecordStore, StoredRecord
+
+__all__ = ["DEFAULT_MAX_RESPONSE_BYTES", "KadServer"]
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MAX_RESPONSE_BYTES = 16 * 1024
+"""rust-libp2p's default maximum kad packet."""
+DEFAULT_RECORD_TTL_S = 36 * 3600.0
+DEFAULT_PROVIDER_TTL_S = 48 * 3600.0
+
+# Protobuf overhead bounds used to size an answer without encoding it.
+_MESSAGE_OVERHEAD_BYTES = 32
+_PEER_OVERHEAD_BYTES = 8
+_ADDR_OVERHEAD_BYTES = 3
+_RECORD_OVERHEAD_BYTES = 64
+
+
+class KadServer:
+    """Sans-IO answers to Kademlia requests; see the module docstring."""
+
+    def __init__(
+        self,
+        local: PeerId,
+        routing: RoutingTable,
+        records: RecordStore,
+        providers: ProviderStore,
+        validators: Validators,
+        *,
+        k: int = 20,
+        record_ttl_s: float = DEFAULT_RECORD_TTL_S,
+        provider_ttl_s: float = DEFAULT_PROVIDER_TTL_S,
+        max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
+    ) -> None:
+        self._local = local
+        self._routing = routing
+        self._records = records
+        self._providers = providers
+        self._validators = validators
+        self._k = k
+        self._record_ttl_s = record_ttl_s
+        self._provider_ttl_s = provider_ttl_s
+        self._max_response_bytes = max_response_bytes
+        # PeerEntry objects for routing entries, reused while their addresses stay the same.
+        self._entries: dict[PeerId, PeerEntry] = {}
+
+    def handle(self, sender: PeerId, request: Message, now: float) -> Message | None:
+        """The answer to ``request`` from ``sender``; None to refuse (or for ADD_PROVIDER)."""
+        kind = request.type
+        if kind is MessageType.FIND_NODE:
+            return self._fit(Message(MessageType.FIND_NODE, key=request.key,
+                                     closer_peers=self._closer(request.key, sender),
+                                     cluster_level=request.cluster_level))
+        if kind is MessageType.GET_VALUE:
+            return self._get_value(sender, request, now)
+        if kind is MessageType.PUT_VALUE:
+            return self._put_value(sender, request, now)
+        if kind is MessageType.ADD_PROVIDER:
+            self._add_provider(sender, request, now)
+            return None
+        if kind is MessageType.GET_PROVIDERS:
+            return self._get_providers(sender, request, now)
+        if kind is MessageType.PING:
+            return Message(MessageType.PING, cluster_level=request.cluster_level)
+        return None  # unreachable: decode_message refuses unknown types
+
+    # -- requests ------------------------------------------------------------------------
+
+    def _get_value(self, sender: PeerId, request: Message, now: float) -> Message | None:
+        key = request.key
+        if not key:
+            logger.debug("peer %s: GET_VALUE without a key", sender.short())
+            return None
+        stored = self._records.get(key, now)
+        record = None
+        if stored is not None:
+            remaining = int(stored.expires_at - now)
+            record = WireRecord(key, stored.value, time_received=_rfc3339(stored.received_at),
+                                ttl_s=remaining if 0 < remaining < 1 << 32 else None)
+        return self._fit(Message(MessageType.GET_VALUE, key=key, record=record,
+                                 closer_peers=self._closer(key, sender),
+                                 cluster_level=request.cluster_level))
+
+    def _put_value(self, sender: PeerId, request: Message, now: float) -> Message | None:
+        record = request.record
+        key = request.key
+        if record is None or not key or record.key != key:
+            logger.warning("peer %s: PUT_VALUE whose record key does not match %r",
+                           sender.short(), key)
+            return None
+        try:
+            self._validators.validate(key, record.value, now)
+        except (DecodeError, VerificationError) as exc:
+            logger.warning("peer %s: invalid record for %r refused: %s", sender.short(), key, exc)
+            return None
+        held = self._records.get(key, now)
+        if held is not None and held.value != record.value:
+            try:
+                better = self._validators.select(key, [record.value, held.value])
+            except (DecodeError, VerificationError):
+                better = 0  # the held value no longer validates: replace it
+            if better != 0:
+                logger.debug("peer %s: PUT_VALUE of an older %r refused", sender.short(), key)
+                return None
+        ttl_s = self._record_ttl_s
+        if record.ttl_s is not None and 0 < record.ttl_s < ttl_s:
+            ttl_s = float(record.ttl_s)
+        if not self._records.put(StoredRecord(key, record.value, now, now + ttl_s), now):
+            logger.debug("peer %s: record %r refused by the store limits", sender.short(), key)
+            return None
+        return request
+
+    def _add_provider(self, sender: PeerId, request: Message, now: float) -> None:
+        key = request.key
+        if not key:
+            return
+        for entry in request.provider_peers:
+            if entry.peer_id != sender:
+                logger.warning("peer %s: ADD_PROVIDER for another peer %s ignored",
+                               sender.short(), entry.peer_id.short())
+                continue
+            record = ProviderRecord(key, sender, entry.addrs, now + self._provider_ttl_s)
+            self._providers.add(record, now)
+
+    def _get_providers(self, sender: PeerId, request: Message, now: float) -> Message | None:
+        key = request.key
+        if not key:
+            return None
+        providers = tuple(PeerEntry(r.provider, r.addrs)
+                          for r in self._providers.get(key, now, limit=self._k))
+        return self._fit(Message(MessageType.GET_PROVIDERS, key=key, provider_peers=providers,
+                                 closer_peers=self._closer(key, sender),
+                                 cluster_level=request.cluster_level))
+
+    # -- helpers ---------------------------------------------------------------------------
+
+    def _closer(self, key: bytes, sender: PeerId) -> tuple[PeerEntry, ...]:
+        closest = self._routing.closest(key_for_bytes(key), self._k + 1)
+        out: list[PeerEntry] = []
+        for entry in closest:
+            if entry.peer_id != sender:
+                out.append(self._peer_entry(entry))
+        return tuple(out[: self._k])
+
+    def _peer_entry(self, entry: RoutingEntry) -> PeerEntry:
+        cached = self._entries.get(entry.peer_id)
+        if cached is not None and cached.addrs is entry.addrs:
+            return cached
+        if len(self._entries) > 4 * len(self._routing) + 64:
+            self._entries.clear()  # drop entries of peers long gone from the table
+        made = self._entries[entry.peer_id] = PeerEntry(entry.peer_id, entry.addrs)
+        return made
+
+    def _fit(self, message: Message) -> Message:
+        """``message`` with the farthest closer peers left out until it fits the size bound."""
+        size = _MESSAGE_OVERHEAD_BYTES + len(message.key)
+        if message.record is not None:
+            size += _RECORD_OVERHEAD_BYTES + len(message.record.key) + len(message.record.value)
+        size += sum(_peer_bytes(e) for e in message.provider_peers)
+        sizes = [_peer_bytes(e) for e in message.closer_peers]
+        keep = len(sizes)
+        total = size + sum(sizes)
+        while keep and total > self._max_response_bytes:
+            keep -= 1
+            total -= sizes[keep]
+        if keep == len(sizes):
+            return message
+        return Message(message.type, key=message.key, record=message.record,
+                       closer_peers=message.closer_peers[:keep],
+                       provider_peers=message.provider_peers,
+                       cluster_level=message.cluster_level)
+
+
+def _peer_bytes(entry: PeerEntry) -> int:
+    size = _PEER_OVERHEAD_BYTES + len(entry.peer_id.to_bytes())
+    for addr in entry.addrs:
+        size += _ADDR_OVERHEAD_BYTES + len(addr.to_bytes())
+    return size
+
+
+def _rfc3339(unix_s: float) -> str:
+    """``timeReceived`` as go-libp2p-kad-dht writes it: RFC 3339, UTC (microseconds here)."""
+    try:
+        moment = datetime.fromtimestamp(unix_s, tz=UTC)
+    except (OverflowError, OSError, ValueError):
+        return ""
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
