@@ -31,7 +31,19 @@ Then each JSON line on stdin is one command and gets one JSON reply line:
     {"cmd": "dht_get_raw", "key": k}                   -> {"found": bool, "value_b64", "expiration"}
     {"cmd": "provide", "key": k}                       -> {}
     {"cmd": "providers", "key": k}                     -> {"providers": [...]}
+    {"cmd": "dht_timed", "op": "put"|"get"|"provide"|"providers",
+     "keys": [k, ...], "value_b64": v, "ttl_s": 600,
+     "provider": id}                                   -> {"latencies_ms": [...], "errors": n,
+                                                           "mismatches": n, "first_error": str|null}
     {"cmd": "quit"}                                    -> {} and the process exits
+
+``dht_timed`` runs one SDK call per key, one after the other, and times each
+call inside this process (no JSON round trip in the figure): ``put`` stores
+``value_b64`` raw (as ``dht_put_raw``), ``get`` reads raw and counts a
+mismatch when the value differs from ``value_b64``, ``provide`` is
+``start_providing``, ``providers`` is ``get_providers`` and counts a mismatch
+when ``provider`` is not in the answer. A call that raises counts as an error
+and is left out of the latencies. At most ``MAX_TIMED_KEYS`` keys per command.
 
 ``dht_*_raw`` bypass the SDK's pickle layer on purpose: ``Lattica.get`` would
 unpickle whatever a remote peer stored, and records written by our own nodes
@@ -66,6 +78,7 @@ from typing import IO, Any
 
 DEFAULT_LISTEN = ("/ip4/127.0.0.1/udp/0/quic-v1", "/ip4/127.0.0.1/tcp/0")
 LISTEN_RESOLVE_TIMEOUT_S = 10.0
+MAX_TIMED_KEYS = 10_000
 POLL_INTERVAL_S = 0.01
 TCP_LISTEN_STATE = 0x0A
 UDP_UNCONNECTED_STATE = 0x07
@@ -252,6 +265,7 @@ class Controller:
             "dht_get_raw": self.dht_get_raw,
             "provide": self.provide,
             "providers": self.providers,
+            "dht_timed": self.dht_timed,
         }
 
     def handle(self, command: dict[str, Any]) -> dict[str, Any]:
@@ -333,6 +347,55 @@ class Controller:
 
     def providers(self, command: dict[str, Any]) -> dict[str, Any]:
         return {"providers": list(self.node.get_providers(_str_arg(command, "key")))}
+
+    def dht_timed(self, command: dict[str, Any]) -> dict[str, Any]:
+        op = _str_arg(command, "op")
+        keys = command.get("keys")
+        if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
+            raise CommandError("missing 'keys' (a list of strings)")
+        if len(keys) > MAX_TIMED_KEYS:
+            raise CommandError(f"at most {MAX_TIMED_KEYS} keys per dht_timed command")
+        value = base64.b64decode(command.get("value_b64") or "")
+        ttl_s = float(command.get("ttl_s", 600.0))
+        provider = command.get("provider")
+        core = self.core
+
+        def put(key: str) -> bool:
+            core.store_with_subkey(key, value, time.time() + ttl_s, None)
+            return True
+
+        def get(key: str) -> bool:
+            found = core.get_with_subkey(key)
+            return isinstance(found, tuple) and bytes(found[0]) == value
+
+        def provide(key: str) -> bool:
+            self.node.start_providing(key)
+            return True
+
+        def providers(key: str) -> bool:
+            return provider in list(self.node.get_providers(key))
+
+        ops: dict[str, Callable[[str], bool]] = {
+            "put": put, "get": get, "provide": provide, "providers": providers,
+        }
+        call = ops.get(op)
+        if call is None:
+            raise CommandError(f"unknown op {op!r}; known: {', '.join(ops)}")
+        latencies: list[float] = []
+        errors = mismatches = 0
+        first_error: str | None = None
+        for key in keys:
+            start = time.perf_counter()
+            try:
+                matched = call(key)
+            except Exception as exc:  # every failure is counted, the batch goes on
+                errors += 1
+                first_error = first_error or f"{type(exc).__name__}: {exc}"
+                continue
+            latencies.append((time.perf_counter() - start) * 1000.0)
+            mismatches += not matched
+        return {"latencies_ms": latencies, "errors": errors, "mismatches": mismatches,
+                "first_error": first_error}
 
 
 def serve(controller: Controller, commands: IO[str], replies: IO[str]) -> None:
