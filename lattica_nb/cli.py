@@ -1,8 +1,10 @@
 """The ``lattica-nb`` command.
 
     lattica-nb id                      print this machine's peer id
-    lattica-nb node --listen ADDR      run a long-lived peer (bootstrap node)
+    lattica-nb node --listen ADDR      run a long-lived peer (a DHT bootstrap node)
     lattica-nb ping ADDR               connect to a peer and ping it
+    lattica-nb dht get|put|provide|providers|find-peer ... --bootstrap ADDR
+                                       one DHT operation through a bootstrap peer
     lattica-nb demo                    three peers on 127.0.0.1 finding each other
 """
 
@@ -17,6 +19,7 @@ import anyio
 
 from . import __version__
 from .config import DEFAULT_LISTEN, DEFAULT_PROTOCOL_VERSION, NodeConfig
+from .dht.config import DEFAULT_PROTOCOL_ID, DhtConfig
 from .errors import LatticaError
 from .events import PeerConnected, PeerDisconnected, PeerIdentified
 from .identity import PeerId, default_key_path, load_or_create_identity
@@ -35,6 +38,7 @@ def _node_config(args: argparse.Namespace) -> NodeConfig:
         ephemeral=args.ephemeral,
         protocol_version=args.protocol_version,
         idle_timeout_s=args.idle_timeout,
+        dht=DhtConfig(protocol_id=args.dht_protocol, db_path=args.dht_db),
     )
 
 
@@ -43,6 +47,8 @@ async def _run_node(args: argparse.Namespace) -> None:
         _say(f"peer id: {node.peer_id}")
         for addr in node.listen_addrs:
             _say(f"listening: {addr}")
+        _say(f"dht: {node.dht.mode} mode, protocol {node.dht.config.protocol_id}, "
+             f"{len(node.dht.routing)} peers in the routing table")
         async for event in events:
             if isinstance(event, PeerConnected):
                 direction = "inbound" if event.inbound else "outbound"
@@ -67,43 +73,77 @@ async def _run_ping(args: argparse.Namespace) -> None:
 
 
 async def _run_demo(args: argparse.Namespace) -> None:
-    """Start N peers on 127.0.0.1; every peer dials the first; all identify and ping."""
+    """Start N peers on 127.0.0.1; each joins through peer 0, then meets the others by DHT."""
     count = args.peers
     nodes: list[Node] = []
-    async with anyio.create_task_group():
-        try:
-            for _ in range(count):
-                node = Node(NodeConfig(ephemeral=True))
-                await node.__aenter__()
-                nodes.append(node)
-            hub = nodes[0]
-            _say(f"started {count} peers on 127.0.0.1:")
-            for i, node in enumerate(nodes):
-                _say(f"  peer {i}: {'  '.join(str(a) for a in node.listen_addrs)}")
-            for i, node in enumerate(nodes[1:], start=1):
-                info = await node.connect(hub.listen_addrs[0])
-                _say(f"peer {i} joined via peer 0 ({info.peer_id.short()}): "
-                     f"agent {info.agent_version}, speaks {', '.join(info.protocols)}")
-            # peer 0 now knows everyone's listen addresses from identify: share them
-            for i, node in enumerate(nodes[1:], start=1):
-                for j, other in enumerate(nodes[1:], start=1):
-                    if j <= i:
-                        continue
-                    addr = hub.peer_info(other.peer_id).addrs[0]
-                    info = await node.connect(addr)
-                    _say(f"peer {i} dialed peer {j} at the address peer 0 learned by "
-                         f"identify: {addr}")
-            _say("mesh:")
-            for i, node in enumerate(nodes):
-                for peer in node.peers():
-                    rtts = await node.ping(peer.peer_id, count=5)
-                    best = min(rtts) * 1000
-                    _say(f"  peer {i} -> {peer.peer_id.short()}: ping {best:.2f} ms "
-                         f"(observed us at {peer.observed_addr})")
-        finally:
-            for node in reversed(nodes):
-                await node.__aexit__(None, None, None)
+    try:
+        for _ in range(count):
+            node = Node(NodeConfig(ephemeral=True, idle_timeout_s=0))
+            await node.__aenter__()
+            nodes.append(node)
+        hub = nodes[0]
+        _say(f"started {count} peers on 127.0.0.1:")
+        for i, node in enumerate(nodes):
+            _say(f"  peer {i}: {'  '.join(str(a) for a in node.listen_addrs)}")
+        for i, node in enumerate(nodes[1:], start=1):
+            info = await node.connect(hub.listen_addrs[0])
+            peers = await node.dht.bootstrap()
+            _say(f"peer {i} joined via peer 0 ({info.agent_version}); its DHT routing table "
+                 f"holds {peers} peers")
+        for i, node in enumerate(nodes[1:], start=1):
+            for j, other in enumerate(nodes[1:], start=1):
+                if j <= i:
+                    continue
+                entry = await node.dht.find_peer(other.peer_id)
+                await node.connect(other.peer_id)
+                where = entry.addrs[0] if entry is not None and entry.addrs else "?"
+                _say(f"peer {i} found peer {j} through the DHT at {where} and connected")
+        writer, reader = nodes[1], nodes[-1]
+        put = await writer.dht.put("demo/greeting", b"hello from peer 1")
+        _say(f"peer 1 put 'demo/greeting' (signed) on {len(put.stored_on)} peers")
+        value = await reader.dht.get("demo/greeting")
+        _say(f"peer {count - 1} got it back: {value!r}")
+        await writer.dht.provide("demo/model")
+        providers = await reader.dht.find_providers("demo/model")
+        names = ", ".join(p.peer_id.short() for p in providers)
+        _say(f"peer {count - 1} asked who provides 'demo/model': {names} "
+             f"(peer 1 is {writer.peer_id.short()})")
+        _say("mesh:")
+        for i, node in enumerate(nodes):
+            for peer in node.peers():
+                rtts = await node.ping(peer.peer_id, count=5)
+                best = min(rtts) * 1000
+                _say(f"  peer {i} -> {peer.peer_id.short()}: ping {best:.2f} ms "
+                     f"(observed us at {peer.observed_addr})")
+    finally:
+        for node in reversed(nodes):
+            await node.__aexit__(None, None, None)
     _say("all peers stopped cleanly")
+
+
+async def _run_dht(args: argparse.Namespace) -> None:
+    config = NodeConfig(ephemeral=True, protocol_version=args.protocol_version,
+                        idle_timeout_s=0, dht=DhtConfig(protocol_id=args.dht_protocol))
+    async with Node(config) as node:
+        for addr in args.bootstrap:
+            await node.connect(addr)
+        peers = await node.dht.bootstrap()
+        _say(f"dht: {peers} peers in the routing table")
+        op, dht = args.op, node.dht
+        if op == "put":
+            result = await dht.put(args.key, args.value.encode())
+            _say(f"stored {args.key!r} on {len(result.stored_on)} peers")
+        elif op == "get":
+            value = await dht.get(args.key)
+            _say("not found" if value is None else value.decode(errors="replace"))
+        elif op == "provide":
+            _say(f"announced {args.key!r} to {await dht.provide(args.key)} peers")
+        elif op == "providers":
+            for provider in await dht.find_providers(args.key):
+                _say(f"{provider.peer_id} {' '.join(str(a) for a in provider.addrs)}")
+        elif op == "find-peer":
+            entry = await dht.find_peer(args.key)
+            _say("not found" if entry is None else " ".join(str(a) for a in entry.addrs))
 
 
 def _print_id(args: argparse.Namespace) -> None:
@@ -135,6 +175,18 @@ def build_parser() -> argparse.ArgumentParser:
                         help="identify protocol version (/lattica/1.0.0 to join Lattica peers)")
     p_node.add_argument("--idle-timeout", type=float, default=0.0,
                         help="close connections idle this many seconds (0: keep them)")
+    p_node.add_argument("--dht-protocol", default=DEFAULT_PROTOCOL_ID,
+                        help="Kademlia protocol id (/lattica/1.0.0 to join a Lattica mesh)")
+    p_node.add_argument("--dht-db", type=Path, default=None,
+                        help="SQLite file keeping DHT records and peers across restarts")
+
+    p_dht = sub.add_parser("dht", help="one DHT operation through bootstrap peers")
+    p_dht.add_argument("op", choices=["put", "get", "provide", "providers", "find-peer"])
+    p_dht.add_argument("key", help="record or provider key, or a peer id for find-peer")
+    p_dht.add_argument("value", nargs="?", default="", help="value to put (text)")
+    p_dht.add_argument("--bootstrap", action="append", required=True, metavar="MULTIADDR")
+    p_dht.add_argument("--protocol-version", default=DEFAULT_PROTOCOL_VERSION)
+    p_dht.add_argument("--dht-protocol", default=DEFAULT_PROTOCOL_ID)
 
     p_ping = sub.add_parser("ping", help="connect to a peer and ping it")
     p_ping.add_argument("addr", help="the peer's multiaddr, ending in /p2p/<id>")
@@ -159,6 +211,8 @@ def main(argv: list[str] | None = None) -> int:
             anyio.run(_run_ping, args)
         elif args.command == "demo":
             anyio.run(_run_demo, args)
+        elif args.command == "dht":
+            anyio.run(_run_dht, args)
     except LatticaError as exc:
         print(f"lattica-nb: {exc}", file=sys.stderr)
         return 1

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import __version__
+from .dht.config import DhtConfig
 from .errors import ConfigError, MultiaddrError
 from .identity import PrivateKey
 from .multiaddr import Multiaddr
@@ -47,6 +48,7 @@ class NodeConfig:
     identify_timeout_s: float = 5.0
     quic: QuicSettings = field(default_factory=QuicSettings)
     tcp: TcpSettings = field(default_factory=TcpSettings)
+    dht: DhtConfig = field(default_factory=DhtConfig)
 
     def __post_init__(self) -> None:
         if isinstance(self.listen, str) or isinstance(self.bootstrap, str):

@@ -14,13 +14,14 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from types import TracebackType
+from typing import TYPE_CHECKING
 
 import anyio
 import anyio.abc
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from .config import NodeConfig
-from .errors import LatticaError, LocalProtocolError, TransportError
+from .errors import DialError, LatticaError, LocalProtocolError, TransportError
 from .events import NodeEvent, PeerConnected, PeerDisconnected, PeerIdentified
 from .identity import PeerId, PrivateKey, load_or_create_identity
 from .multiaddr import Multiaddr
@@ -31,6 +32,9 @@ from .transport.base import Connection
 from .transport.manager import ConnectionManager, Dialer
 from .transport.quic.endpoint import QuicEndpoint
 from .transport.tcp import TcpTransport
+
+if TYPE_CHECKING:
+    from .dht.service import Dht
 
 logger = logging.getLogger(__name__)
 
@@ -69,6 +73,7 @@ class Node:
         self._subscribers: list[MemoryObjectSendStream[NodeEvent]] = []
         self._running = False
         self._stack: AsyncExitStack | None = None
+        self._dht: Dht | None = None
 
     # -- lifecycle -------------------------------------------------------------------
     async def __aenter__(self) -> Node:
@@ -115,6 +120,11 @@ class Node:
             self._router.on_change = self._protocols_changed
             self._tg.start_soon(self._manager.run_idle_sweep)
             self._running = True
+            if cfg.dht.enabled:
+                from .dht.service import Dht  # here: keeps `import lattica_nb.node` light
+
+                self._dht = Dht(self, self._identity, cfg.dht)
+                await self._tg.start(self._dht.run)
             for addr in cfg.bootstrap_addrs:
                 self._tg.start_soon(self._bootstrap, addr)
         except BaseException as exc:
@@ -139,6 +149,7 @@ class Node:
     def _stopping(self) -> None:
         """First step of shutdown (runs after the endpoints closed every connection)."""
         self._running = False
+        self._dht = None
         for send in self._subscribers:
             send.close()
         self._subscribers.clear()
@@ -160,16 +171,30 @@ class Node:
     def protocols(self) -> tuple[str, ...]:
         return self._router.protocols
 
+    @property
+    def dht(self) -> Dht:
+        """The Kademlia DHT: ``put``, ``get``, ``provide``, ``find_providers``, ``find_peer``."""
+        if self._dht is None:
+            if not self._running:
+                raise LocalProtocolError("the node is not running; use 'async with Node(...)'")
+            raise LocalProtocolError("the DHT is disabled in this node's config (dht.enabled)")
+        return self._dht
+
     # -- public API --------------------------------------------------------------------------
-    async def connect(self, addr: Multiaddr | str, *, identify_timeout_s: float | None = None
-                      ) -> PeerInfo:
+    async def connect(self, addr: Multiaddr | PeerId | str, *,
+                      identify_timeout_s: float | None = None) -> PeerInfo:
         """Connect to a peer (reusing a live connection) and wait for identify.
 
         ``addr`` should end in ``/p2p/<peer id>``; the remote must then prove
-        that identity in the handshake.
+        that identity in the handshake. A bare peer id (``PeerId`` or its
+        text) is looked up in the address book, then in the DHT.
         """
-        target = Multiaddr(addr) if isinstance(addr, str) else addr
-        conn = await self._require_manager().connect(target.peer_id, [target])
+        if isinstance(addr, PeerId) or (isinstance(addr, str) and not addr.startswith("/")):
+            peer_id = addr if isinstance(addr, PeerId) else PeerId.from_string(addr)
+            conn = await self._connect_peer(peer_id, discover=True)
+        else:
+            target = Multiaddr(addr) if isinstance(addr, str) else addr
+            conn = await self._require_manager().connect(target.peer_id, [target])
         peer = conn.remote_peer
         done = self._identify_done.setdefault(peer, anyio.Event())
         with anyio.move_on_after(identify_timeout_s or self.config.identify_timeout_s):
@@ -202,16 +227,43 @@ class Node:
             pinger = ping.Pinger(stream)
             return [await pinger.ping(timeout_s=timeout_s) for _ in range(count)]
 
-    async def open_stream(self, peer: PeerId | str, protocols: str | Sequence[str]) -> Stream:
-        """Open a stream to ``peer`` speaking the first of ``protocols`` it accepts."""
+    async def open_stream(self, peer: PeerId | str, protocols: str | Sequence[str], *,
+                          lazy: bool = False, discover: bool = True) -> Stream:
+        """Open a stream to ``peer`` speaking the first of ``protocols`` it accepts.
+
+        ``lazy=True`` (one protocol the peer is known to speak) sends data
+        without waiting for the peer to confirm the protocol. ``discover``:
+        when no address of ``peer`` is known, look it up in the DHT.
+        """
         target = PeerId.from_string(peer) if isinstance(peer, str) else peer
         wanted = (protocols,) if isinstance(protocols, str) else tuple(protocols)
         if not wanted:
             raise LocalProtocolError("name at least one protocol id")
+        conn = await self._connect_peer(target, discover=discover)
+        self._require_manager().touch(conn)
+        return await open_protocol_stream(conn, wanted, lazy=lazy,
+                                          timeout_s=self.config.negotiation_timeout_s)
+
+    async def _connect_peer(self, peer: PeerId, *, discover: bool) -> Connection:
         manager = self._require_manager()
-        conn = await manager.connect(target, [])
-        manager.touch(conn)
-        return await open_protocol_stream(conn, wanted, timeout_s=self.config.negotiation_timeout_s)
+        if (discover and self._dht is not None and not manager.connections(peer)
+                and not manager.addresses(peer)):
+            found = await self._dht.find_peer(peer)
+            if found is None:
+                raise DialError(f"no known address for peer {peer}, and the DHT did not "
+                                "find one; pass a multiaddr to connect to")
+        return await manager.connect(peer, [])
+
+    def add_addresses(self, peer: PeerId, addrs: Sequence[Multiaddr]) -> None:
+        """Remember addresses of ``peer`` for later dials."""
+        self._require_manager().add_addresses(peer, list(addrs))
+
+    def known_addresses(self, peer: PeerId) -> list[Multiaddr]:
+        """Addresses of ``peer`` in the address book (without /p2p/)."""
+        return self._require_manager().addresses(peer)
+
+    def is_connected(self, peer: PeerId) -> bool:
+        return bool(self._require_manager().connections(peer))
 
     def set_handler(self, protocol: str, handler: Handler) -> None:
         """Serve inbound streams of ``protocol`` with ``handler(stream)``."""
@@ -336,6 +388,8 @@ class Node:
         self._identified[peer] = info
         if self._manager is not None:
             self._manager.add_addresses(peer, list(info.listen_addrs))
+        if self._dht is not None:
+            self._dht.peer_identified(peer, info.protocols, info.listen_addrs)
         self._identify_done.setdefault(peer, anyio.Event()).set()
         self._publish(PeerIdentified(peer, info))
 

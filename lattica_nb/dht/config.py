@@ -70,6 +70,8 @@ class DhtConfig:
     max_provider_keys: int = 10_000
     max_providers_per_key: int = 20
     db_path: Path | None = None
+    auto_bootstrap: bool = True
+    """Run a bootstrap lookup as soon as the first DHT server enters the routing table."""
     misbehaviour_ban_s: float = 600.0
     """How long a peer that sent malformed or forged data is ignored."""
 

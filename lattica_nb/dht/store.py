@@ -7,8 +7,10 @@ what it holds when constructed.
 Limits and eviction (:class:`StoreLimits`), in this exact order:
 
 * Records we published (``local=True``) and records other peers stored here
-  (remote) are counted apart. A remote record never replaces or evicts a local
-  one: a remote put under a key we publish is refused.
+  (remote) are counted apart. A remote record never evicts a local one. A
+  remote put under a key we publish replaces it only because the caller
+  selected it as the better (newer) value: it takes over that slot, stops
+  counting as local, and we stop republishing ours.
 * A new remote key when ``max_records`` remote records are held is stored only
   if its keyspace point (``key_for_bytes(key)``) is strictly closer to our own
   key, by XOR, than that of the farthest remote record held, which is evicted.
@@ -144,10 +146,12 @@ class RecordStore:
                     self._remote.discard(key)
             self._local.pop(key, None)
             self._local[key] = None  # publication order: the last put goes last
-        elif existing is not None:
-            if existing.local:
-                return False
-        else:
+        elif existing is not None and existing.local:
+            # A newer record (the caller selected it) supersedes one we published: it takes
+            # over that slot and we stop republishing ours.
+            del self._local[key]
+            self._remote.add(key)
+        elif existing is None:
             if len(self._remote) >= self._limits.max_records:
                 far_distance, far_key = self._remote.farthest()
                 if self._remote.distance(key) >= far_distance:

@@ -155,14 +155,22 @@ class Router:
 
 
 async def open_protocol_stream(
-    connection: Connection, protocols: tuple[str, ...], *, timeout_s: float
+    connection: Connection, protocols: tuple[str, ...], *, timeout_s: float, lazy: bool = False
 ) -> Stream:
-    """Open a stream on ``connection`` and select the first protocol the peer accepts."""
+    """Open a stream on ``connection`` and select the first protocol the peer accepts.
+
+    ``lazy=True`` (one protocol only) does not wait for the peer to confirm
+    it: the first bytes go out with the proposal, saving a round trip, and a
+    refusal surfaces on the first read as ProtocolNegotiationError. Use it
+    for a protocol the peer announced (identify), like rust-libp2p's V1Lazy.
+    """
     for protocol in protocols:
         check_protocol_id(protocol)
+    if lazy and len(protocols) != 1:
+        raise LocalProtocolError("lazy negotiation proposes exactly one protocol")
     raw = await connection.open_stream()
     try:
-        protocol, inner = await select_outbound(raw, protocols, timeout_s=timeout_s)
+        protocol, inner = await select_outbound(raw, protocols, timeout_s=timeout_s, lazy=lazy)
     except BaseException:
         with anyio.CancelScope(shield=True):
             await raw.reset()

@@ -37,9 +37,15 @@ BAD_ADDRS = [b"\xff\x7f\x00", b"\x04\xc0\x00", b"\x00"]
 
 
 def ld(field: int, payload: bytes) -> bytes:
-    """A length-delimited field with a one-byte tag and length, written by hand."""
-    assert field < 16 and len(payload) < 128
-    return bytes([field << 3 | 2, len(payload)]) + payload
+    """A length-delimited field with a one-byte tag, written by hand (varint length)."""
+    assert field < 16
+    length = len(payload)
+    prefix = bytearray()
+    while length >= 0x80:
+        prefix.append(length & 0x7F | 0x80)
+        length >>= 7
+    prefix.append(length)
+    return bytes([field << 3 | 2]) + bytes(prefix) + payload
 
 
 # -- golden bytes (built by hand from the .proto; pins the field numbers) ------------------------

@@ -113,9 +113,12 @@ def test_local_records_have_their_own_limit_and_are_never_evicted() -> None:
     for key in (c[0], c[1], c[2]):
         store.put(remote(key), NOW)
     assert keys_of(store, c) == {c[0], c[1], c[8], c[9]}
-    assert not store.put(remote(c[9], b"theirs"), NOW)  # remote never replaces local
-    assert store.get(c[9], NOW) == local(c[9])
     assert [r.key for r in store.local_records()] == [c[9], c[8]]  # last put last
+    # a newer remote record (selected by the caller) supersedes ours: we stop republishing it
+    assert store.put(remote(c[9], b"theirs"), NOW)
+    assert store.get(c[9], NOW) == remote(c[9], b"theirs")
+    assert [r.key for r in store.local_records()] == [c[8]]
+    assert keys_of(store, c) == {c[0], c[1], c[8], c[9]}
 
 
 def test_local_put_takes_over_a_remote_key() -> None:
