@@ -31,10 +31,10 @@ Nothing here reads a clock: ``now`` is passed in.
 from __future__ import annotations
 
 import bisect
-import enum
 import heapq
 from collections.abc import Iterable
 from dataclasses import dataclass
+from itertools import chain, islice
 
 from ..errors import LocalProtocolError
 from ..identity import PeerId
@@ -61,21 +61,21 @@ class LookupStats:
     """Requests with no answer within the request timeout."""
 
 
-class _State(enum.IntEnum):
-    NOT_CONTACTED = 0
-    WAITING = 1
-    SUCCEEDED = 2
-    FAILED = 3
-    TIMED_OUT = 4  # failed for the lookup, but a late answer is still taken
+# Candidate states (plain ints: compared on every step).
+_NOT_CONTACTED = 0
+_WAITING = 1
+_SUCCEEDED = 2
+_FAILED = 3
+_TIMED_OUT = 4  # failed for the lookup, but a late answer is still taken
 
 
 class _Peer:
-    __slots__ = ("distance", "hops", "state")
+    __slots__ = ("hops", "peer", "state")
 
-    def __init__(self, distance: int, hops: int) -> None:
-        self.distance = distance
+    def __init__(self, peer: PeerId, hops: int) -> None:
+        self.peer = peer
         self.hops = hops
-        self.state = _State.NOT_CONTACTED
+        self.state = _NOT_CONTACTED
 
 
 class Lookup:
@@ -106,22 +106,22 @@ class Lookup:
         self._k = k
         self._alpha = alpha
         self._timeout_s = request_timeout_s
-        self._local = local
+        self._local_dist = -1 if local is None else self._distance(local)
         self._max_candidates = max_candidates
         self._started_at = now
-        # Candidates still believed in (not failed), ascending distance: two parallel lists.
+        # Peers are keyed by their XOR distance to the target (unique per peer; int keys
+        # hash fast). _dists: the candidates still believed in (not failed), ascending.
         self._dists: list[int] = []
-        self._order: list[PeerId] = []
-        # Every candidate in _order plus every peer ever asked (for dedup, hops, late answers).
-        self._peers: dict[PeerId, _Peer] = {}
-        self._waiting: dict[PeerId, float] = {}  # peer -> deadline
+        # Every candidate in _dists plus every peer ever asked (dedup, hops, late answers).
+        self._peers: dict[int, _Peer] = {}
+        self._waiting: dict[int, float] = {}  # distance -> deadline
         self._timed_out: list[PeerId] = []
         self._no_progress = 0
         self._stalled = False
         self._stopped = False
         self._done = False
         self._requests = self._responses = self._failures = self._timeouts = 0
-        self._add_candidates(seeds, hops=1)
+        self._add_candidates(seeds, hops=1, source=-1, limit=max_candidates)
         self._refresh()
 
     # -- what the driver reads ------------------------------------------------------------
@@ -142,7 +142,7 @@ class Lookup:
     @property
     def candidates(self) -> int:
         """Candidates held (never more than ``max_candidates``)."""
-        return len(self._order)
+        return len(self._dists)
 
     @property
     def in_flight(self) -> int:
@@ -153,11 +153,13 @@ class Lookup:
         """Peers that answered, ascending distance to the target (``k`` of them by default)."""
         limit = self._k if count is None else count
         out: list[PeerId] = []
-        for peer in self._order:
+        peers = self._peers
+        for dist in self._dists:
             if len(out) >= limit:
                 break
-            if self._peers[peer].state is _State.SUCCEEDED:
-                out.append(peer)
+            info = peers[dist]
+            if info.state == _SUCCEEDED:
+                out.append(info.peer)
         return out
 
     def hops(self, peer: PeerId) -> int:
@@ -167,7 +169,7 @@ class Lookup:
         LocalProtocolError for a peer this lookup does not know (or has forgotten:
         a candidate pushed out of the bounded set and never asked).
         """
-        info = self._peers.get(peer)
+        info = self._peers.get(self._distance(peer))
         if info is None:
             raise LocalProtocolError(f"peer {peer.short()} is not known to this lookup")
         return info.hops
@@ -177,8 +179,8 @@ class Lookup:
 
         A peer whose request timed out still counts: its late answer is taken.
         """
-        info = self._peers.get(peer)
-        return info is not None and info.state in (_State.WAITING, _State.TIMED_OUT)
+        info = self._peers.get(self._distance(peer))
+        return info is not None and info.state in (_WAITING, _TIMED_OUT)
 
     def get_timer(self) -> float | None:
         """When the earliest outstanding request times out; None when nothing is waiting."""
@@ -198,12 +200,13 @@ class Lookup:
         if room <= 0:
             return out
         deadline = now + self._timeout_s
-        for peer in self._order[: self._k]:
-            info = self._peers[peer]
-            if info.state is _State.NOT_CONTACTED:
-                info.state = _State.WAITING
-                self._waiting[peer] = deadline
-                out.append(peer)
+        peers = self._peers
+        for dist in self._dists[: self._k]:
+            info = peers[dist]
+            if info.state == _NOT_CONTACTED:
+                info.state = _WAITING
+                self._waiting[dist] = deadline
+                out.append(info.peer)
                 room -= 1
                 if room == 0:
                     break
@@ -215,19 +218,19 @@ class Lookup:
         """``peer`` answered with ``closer`` peers. Answers nobody asked for are ignored."""
         if self._done:
             return
-        info = self._peers.get(peer)
-        if info is None or info.state not in (_State.WAITING, _State.TIMED_OUT):
+        dist = self._distance(peer)
+        info = self._peers.get(dist)
+        if info is None or info.state not in (_WAITING, _TIMED_OUT):
             return
-        if info.state is _State.WAITING:
-            del self._waiting[peer]
+        if info.state == _WAITING:
+            del self._waiting[dist]
         else:  # a late answer: the peer is back among the candidates
-            self._insert(peer, info.distance)
-        info.state = _State.SUCCEEDED
+            self._insert(dist)
+        info.state = _SUCCEEDED
         self._responses += 1
-        best = self._dists[0] if self._dists else None
-        self._add_candidates(closer, hops=info.hops + 1, source=peer)
-        progress = best is None or (bool(self._dists) and self._dists[0] < best)
-        if progress:
+        best = self._dists[0]
+        self._add_candidates(closer, hops=info.hops + 1, source=dist, limit=self._k)
+        if self._dists[0] < best:
             self._no_progress = 0
             self._stalled = False
         else:
@@ -238,16 +241,17 @@ class Lookup:
 
     def on_failure(self, peer: PeerId, now: float) -> None:
         """The request to ``peer`` failed (no connection, reset, undecodable answer)."""
-        info = self._peers.get(peer)
+        dist = self._distance(peer)
+        info = self._peers.get(dist)
         if info is None:
             return
-        if info.state is _State.WAITING:
-            del self._waiting[peer]
+        if info.state == _WAITING:
+            del self._waiting[dist]
             self._failures += 1
-            self._drop(peer, info.distance)
-        elif info.state is not _State.TIMED_OUT:
+            self._drop(dist)
+        elif info.state != _TIMED_OUT:
             return
-        info.state = _State.FAILED
+        info.state = _FAILED
         self._refresh()
 
     def handle_timer(self, now: float) -> None:
@@ -270,67 +274,71 @@ class Lookup:
 
     # -- internals ------------------------------------------------------------------------
 
+    def _distance(self, peer: PeerId) -> int:
+        return int.from_bytes(key_for_peer(peer), "big") ^ self._target_int
+
     def _expire(self, now: float) -> None:
         if not self._waiting:
             return
-        expired = [peer for peer, deadline in self._waiting.items() if deadline <= now]
+        expired = [dist for dist, deadline in self._waiting.items() if deadline <= now]
         if not expired:
             return
-        for peer in expired:
-            del self._waiting[peer]
-            info = self._peers[peer]
-            info.state = _State.TIMED_OUT
-            self._drop(peer, info.distance)
+        for dist in expired:
+            del self._waiting[dist]
+            info = self._peers[dist]
+            info.state = _TIMED_OUT
+            self._drop(dist)
+            self._timed_out.append(info.peer)
         self._timeouts += len(expired)
-        self._timed_out.extend(expired)
         self._refresh()
 
-    def _add_candidates(
-        self, peers: Iterable[PeerId], *, hops: int, source: PeerId | None = None
-    ) -> None:
+    def _add_candidates(self, peers: Iterable[PeerId], *, hops: int, source: int,
+                        limit: int) -> None:
+        """Take the ``limit`` closest of ``peers`` (bounded memory however many there are)."""
         target = self._target_int
-        local = self._local
-        scored = (
-            (int.from_bytes(key_for_peer(p), "big") ^ target, p)
-            for p in peers
-            if p != local and p != source
-        )
-        # At most k from one answer (an honest peer sends k), kept with bounded memory.
-        limit = self._max_candidates if source is None else self._k
-        for dist, peer in heapq.nsmallest(limit, scored, key=_first):
-            info = self._peers.get(peer)
+        it = iter(peers)
+        scored = [(int.from_bytes(key_for_peer(p), "big") ^ target, p) for p in islice(it, limit)]
+        extra = next(it, None)
+        if extra is not None:  # more than an honest peer sends
+            rest = ((int.from_bytes(key_for_peer(p), "big") ^ target, p)
+                    for p in chain((extra,), it))
+            scored = heapq.nsmallest(limit, chain(scored, rest), key=_first)
+        peers_by_dist = self._peers
+        dists = self._dists
+        local = self._local_dist
+        for dist, peer in scored:
+            if dist == local or dist == source:
+                continue
+            info = peers_by_dist.get(dist)
             if info is not None:
                 if hops < info.hops:
                     info.hops = hops
                 continue
-            if len(self._dists) >= self._max_candidates and dist >= self._dists[-1]:
+            if len(dists) >= self._max_candidates and dist >= dists[-1]:
                 continue
-            self._peers[peer] = _Peer(dist, hops)
-            self._insert(peer, dist)
+            peers_by_dist[dist] = _Peer(peer, hops)
+            self._insert(dist)
 
-    def _insert(self, peer: PeerId, dist: int) -> None:
-        index = bisect.bisect_left(self._dists, dist)
-        self._dists.insert(index, dist)
-        self._order.insert(index, peer)
-        while len(self._dists) > self._max_candidates:
-            self._dists.pop()
-            dropped = self._order.pop()
-            if self._peers[dropped].state is _State.NOT_CONTACTED:
+    def _insert(self, dist: int) -> None:
+        dists = self._dists
+        dists.insert(bisect.bisect_left(dists, dist), dist)
+        while len(dists) > self._max_candidates:
+            dropped = dists.pop()
+            if self._peers[dropped].state == _NOT_CONTACTED:
                 del self._peers[dropped]  # never asked: forget it entirely
 
-    def _drop(self, peer: PeerId, dist: int) -> None:
+    def _drop(self, dist: int) -> None:
         index = bisect.bisect_left(self._dists, dist)
-        if index < len(self._order) and self._order[index] == peer:
+        if index < len(self._dists) and self._dists[index] == dist:
             del self._dists[index]
-            del self._order[index]
 
     def _refresh(self) -> None:
         if self._stopped:
             self._done = True
             return
         peers = self._peers
-        for peer in self._order[: self._k]:
-            if peers[peer].state is not _State.SUCCEEDED:
+        for dist in self._dists[: self._k]:
+            if peers[dist].state != _SUCCEEDED:
                 self._done = False
                 return
         # The k closest live candidates answered (or fewer exist, all answered).

@@ -32,10 +32,10 @@ from datetime import UTC, datetime
 
 from ..errors import DecodeError, VerificationError
 from ..identity import PeerId
-from .keys import key_for_bytes
+from .keys import key_for_bytes, key_for_peer
 from .messages import Message, MessageType, PeerEntry, WireRecord
 from .records import Validators
-from .routing import RoutingEntry, RoutingTable
+from .routing import RoutingTable
 from .store import ProviderRecord, ProviderStore, RecordStore, StoredRecord
 
 __all__ = ["DEFAULT_MAX_RESPONSE_BYTES", "KadServer"]
@@ -79,16 +79,17 @@ class KadServer:
         self._record_ttl_s = record_ttl_s
         self._provider_ttl_s = provider_ttl_s
         self._max_response_bytes = max_response_bytes
-        # PeerEntry objects for routing entries, reused while their addresses stay the same.
-        self._entries: dict[PeerId, PeerEntry] = {}
+        # id(RoutingEntry) -> its PeerEntry and encoded size, reused while the entry holds the
+        # same peer and addresses (checked by identity, so a reused id is harmless).
+        self._entries: dict[int, tuple[PeerEntry, int]] = {}
 
     def handle(self, sender: PeerId, request: Message, now: float) -> Message | None:
         """The answer to ``request`` from ``sender``; None to refuse (or for ADD_PROVIDER)."""
         kind = request.type
         if kind is MessageType.FIND_NODE:
-            return self._fit(Message(MessageType.FIND_NODE, key=request.key,
-                                     closer_peers=self._closer(request.key, sender),
-                                     cluster_level=request.cluster_level))
+            closer, sizes = self._closer(request.key, sender)
+            return self._fit(Message(MessageType.FIND_NODE, key=request.key, closer_peers=closer,
+                                     cluster_level=request.cluster_level), sizes)
         if kind is MessageType.GET_VALUE:
             return self._get_value(sender, request, now)
         if kind is MessageType.PUT_VALUE:
@@ -115,9 +116,9 @@ class KadServer:
             remaining = int(stored.expires_at - now)
             record = WireRecord(key, stored.value, time_received=_rfc3339(stored.received_at),
                                 ttl_s=remaining if 0 < remaining < 1 << 32 else None)
+        closer, sizes = self._closer(key, sender)
         return self._fit(Message(MessageType.GET_VALUE, key=key, record=record,
-                                 closer_peers=self._closer(key, sender),
-                                 cluster_level=request.cluster_level))
+                                 closer_peers=closer, cluster_level=request.cluster_level), sizes)
 
     def _put_value(self, sender: PeerId, request: Message, now: float) -> Message | None:
         record = request.record
@@ -166,42 +167,46 @@ class KadServer:
             return None
         providers = tuple(PeerEntry(r.provider, r.addrs)
                           for r in self._providers.get(key, now, limit=self._k))
+        closer, sizes = self._closer(key, sender)
         return self._fit(Message(MessageType.GET_PROVIDERS, key=key, provider_peers=providers,
-                                 closer_peers=self._closer(key, sender),
-                                 cluster_level=request.cluster_level))
+                                 closer_peers=closer, cluster_level=request.cluster_level), sizes)
 
     # -- helpers ---------------------------------------------------------------------------
 
-    def _closer(self, key: bytes, sender: PeerId) -> tuple[PeerEntry, ...]:
-        closest = self._routing.closest(key_for_bytes(key), self._k + 1)
+    def _closer(self, key: bytes, sender: PeerId) -> tuple[tuple[PeerEntry, ...], list[int]]:
+        """The k closest entries to ``sha256(key)`` but the sender, and their encoded sizes."""
+        sender_key = key_for_peer(sender)
+        cache = self._entries
+        if len(cache) > 4 * len(self._routing) + 64:
+            cache.clear()  # forget entries long gone from the table
         out: list[PeerEntry] = []
-        for entry in closest:
-            if entry.peer_id != sender:
-                out.append(self._peer_entry(entry))
-        return tuple(out[: self._k])
+        sizes: list[int] = []
+        for entry in self._routing.closest(key_for_bytes(key), self._k + 1):
+            if entry.key == sender_key:
+                continue
+            cached = cache.get(id(entry))
+            if cached is None or cached[0].peer_id is not entry.peer_id \
+                    or cached[0].addrs is not entry.addrs:
+                made = PeerEntry(entry.peer_id, entry.addrs)
+                cached = cache[id(entry)] = (made, _peer_bytes(made))
+            out.append(cached[0])
+            sizes.append(cached[1])
+            if len(out) == self._k:
+                break
+        return tuple(out), sizes
 
-    def _peer_entry(self, entry: RoutingEntry) -> PeerEntry:
-        cached = self._entries.get(entry.peer_id)
-        if cached is not None and cached.addrs is entry.addrs:
-            return cached
-        if len(self._entries) > 4 * len(self._routing) + 64:
-            self._entries.clear()  # drop entries of peers long gone from the table
-        made = self._entries[entry.peer_id] = PeerEntry(entry.peer_id, entry.addrs)
-        return made
-
-    def _fit(self, message: Message) -> Message:
+    def _fit(self, message: Message, closer_sizes: list[int]) -> Message:
         """``message`` with the farthest closer peers left out until it fits the size bound."""
         size = _MESSAGE_OVERHEAD_BYTES + len(message.key)
         if message.record is not None:
             size += _RECORD_OVERHEAD_BYTES + len(message.record.key) + len(message.record.value)
         size += sum(_peer_bytes(e) for e in message.provider_peers)
-        sizes = [_peer_bytes(e) for e in message.closer_peers]
-        keep = len(sizes)
-        total = size + sum(sizes)
+        keep = len(closer_sizes)
+        total = size + sum(closer_sizes)
         while keep and total > self._max_response_bytes:
             keep -= 1
-            total -= sizes[keep]
-        if keep == len(sizes):
+            total -= closer_sizes[keep]
+        if keep == len(closer_sizes):
             return message
         return Message(message.type, key=message.key, record=message.record,
                        closer_peers=message.closer_peers[:keep],
