@@ -172,13 +172,20 @@ def test_forged_signed_record_is_refused(s: Setup) -> None:
     assert s.records.get(key, NOW) is None
 
 
-def test_remote_put_never_replaces_a_local_record(s: Setup) -> None:
-    key = b"ours"
-    s.records.put(StoredRecord(key, b"mine", NOW, NOW + 3600, local=True), NOW)
-    put = Message(MessageType.PUT_VALUE, key=key, record=WireRecord(key, b"theirs"))
-    assert s.ask(put) is None
+def test_remote_put_under_a_local_key_must_be_newer(s: Setup) -> None:
+    identity = PrivateKey.generate()
+    key = b"/lnb/ours"
+    v1, v2, v3 = (_signed(key, b"v%d" % i, identity, i) for i in (1, 2, 3))
+    s.records.put(StoredRecord(key, v2, NOW, NOW + 3600, local=True), NOW)
+    older = Message(MessageType.PUT_VALUE, key=key, record=WireRecord(key, v1))
+    assert s.ask(older) is None
     held = s.records.get(key, NOW)
-    assert held is not None and held.value == b"mine"
+    assert held is not None and held.value == v2 and held.local
+    # A newer value supersedes ours (the store then stops counting it as local).
+    newer = Message(MessageType.PUT_VALUE, key=key, record=WireRecord(key, v3))
+    assert s.ask(newer) == newer
+    held = s.records.get(key, NOW)
+    assert held is not None and held.value == v3 and not held.local
 
 
 def test_add_provider_only_for_the_sender_then_get_providers(s: Setup) -> None:
