@@ -97,10 +97,11 @@ async def _run_demo(args: argparse.Namespace) -> None:
                 entry = await node.dht.find_peer(other.peer_id)
                 await node.connect(other.peer_id)
                 where = entry.addrs[0] if entry is not None and entry.addrs else "?"
-                _say(f"peer {i} found peer {j} through the DHT at {where} and connected")
+                _say(f"peer {i} looked up peer {j} by id: {where}")
         writer, reader = nodes[1], nodes[-1]
         put = await writer.dht.put("demo/greeting", b"hello from peer 1")
-        _say(f"peer 1 put 'demo/greeting' (signed) on {len(put.stored_on)} peers")
+        _say(f"peer 1 put 'demo/greeting' (signed); confirmed by {len(put.stored_on)} peer(s), "
+             "other copies sent in the background")
         value = await reader.dht.get("demo/greeting")
         _say(f"peer {count - 1} got it back: {value!r}")
         await writer.dht.provide("demo/model")

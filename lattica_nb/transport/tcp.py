@@ -229,6 +229,9 @@ class TcpTransport:
                 remote_addr=_addr_of(sock, local=False),
                 settings=self._settings,
             )
+            if self._tg is not tg:  # the transport closed during the upgrade
+                await conn.aclose("the TCP transport is closing")
+                raise ConnectionClosedError("the TCP transport closed while dialing")
             await tg.start(self._run_connection, conn)
         except BaseException as exc:
             with anyio.move_on_after(1.0, shield=True):

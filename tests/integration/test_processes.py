@@ -111,3 +111,28 @@ def test_bad_arguments_exit_with_a_clear_message():
     )
     assert run.returncode == 1
     assert "/p2p/" in run.stderr and "Traceback" not in run.stderr
+
+
+def test_the_readme_demo_runs_a_dht_mesh_and_stops_cleanly():
+    run = subprocess.run([sys.executable, "-m", "lattica_nb.cli", "demo"], capture_output=True,
+                         text=True, timeout=90, check=False)
+    assert run.returncode == 0, run.stderr[-2000:]
+    out = run.stdout
+    assert "peer 2 got it back: b'hello from peer 1'" in out
+    provider_line = next(line for line in out.splitlines() if "provides 'demo/model'" in line)
+    provider = provider_line.split(": ", 1)[1].split(" ")[0]
+    assert provider_line.endswith(f"(peer 1 is {provider})")
+    assert out.rstrip().endswith("all peers stopped cleanly")
+
+
+def test_a_cli_node_is_a_dht_bootstrap_for_cli_dht_operations(nodes):
+    boot = NodeProcess()
+    nodes.append(boot)
+    boot.expect("dht: server mode")
+    args = [sys.executable, "-m", "lattica_nb.cli", "dht"]
+    put = subprocess.run([*args, "put", "sweep/lr", "0.01", "--bootstrap", boot.addr],
+                         capture_output=True, text=True, timeout=60, check=False)
+    assert put.returncode == 0 and "stored 'sweep/lr' on 1 peers" in put.stdout, put.stderr
+    get = subprocess.run([*args, "get", "sweep/lr", "--bootstrap", boot.addr],
+                         capture_output=True, text=True, timeout=60, check=False)
+    assert get.returncode == 0 and get.stdout.strip().endswith("0.01"), get.stderr
