@@ -56,20 +56,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--alpha", type=int, default=3)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--refresh-on-join", action="store_true",
+                        help="joining nodes also refresh every bucket, as Dht.bootstrap does")
     args = parser.parse_args(argv)
 
     configs = [
         SimConfig(nodes=n, churn=c, lookups=args.lookups, records=args.records, loss=args.loss,
                   request_timeout_s=args.timeout_s, min_latency_s=args.latency_ms[0] / 1000,
                   max_latency_s=args.latency_ms[1] / 1000, k=args.k, alpha=args.alpha,
-                  seed=args.seed)
+                  refresh_on_join=args.refresh_on_join, seed=args.seed)
         for n in args.nodes for c in args.churn
     ]
     print(f"k={args.k} alpha={args.alpha} request timeout {args.timeout_s:g} s, one-way latency "
           f"{args.latency_ms[0]:g}–{args.latency_ms[1]:g} ms, loss {args.loss:g}, "
           f"{args.records} records + {args.records} provider records, "
           f"{args.lookups} lookups of each kind, seed {args.seed}; joins: sequential bootstrap "
-          "lookups (no global knowledge)\n")
+          f"lookups of the own id{' + bucket refresh' if args.refresh_on_join else ''} "
+          "(no global knowledge)\n")
     started = time.perf_counter()
     with ProcessPoolExecutor(max_workers=max(1, min(args.jobs, len(configs)))) as pool:
         results = list(pool.map(_run, configs))

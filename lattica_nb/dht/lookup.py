@@ -2,7 +2,9 @@
 
 A :class:`Lookup` walks toward a target key. It keeps the candidates it has
 heard of sorted by XOR distance to the target and asks the closest ones it has
-not asked yet, at most ``alpha`` at a time. Each answer brings closer peers;
+not asked yet, at most ``alpha`` at a time and only among the ``k`` closest
+candidates still believed in (a farther one is never worth a request: it
+cannot change the result). Each answer brings closer peers;
 a peer that fails or does not answer within ``request_timeout_s`` is dropped.
 The lookup is done when the ``k`` closest peers it still believes in have all
 answered: nothing closer is waiting or left to ask (go-libp2p-kad-dht's
@@ -79,7 +81,12 @@ class _Peer:
 
 
 class Lookup:
-    """An iterative Kademlia lookup toward ``target``; see the module docstring."""
+    """An iterative Kademlia lookup toward ``target``; see the module docstring.
+
+    ``seeds`` (typically the k closest peers of the routing table) are 1 hop
+    away; ``local`` is never a candidate. ``now`` is the start time (request
+    deadlines are set by :meth:`next_requests`).
+    """
 
     def __init__(
         self,
@@ -108,7 +115,6 @@ class Lookup:
         self._timeout_s = request_timeout_s
         self._local_dist = -1 if local is None else self._distance(local)
         self._max_candidates = max_candidates
-        self._started_at = now
         # Peers are keyed by their XOR distance to the target (unique per peer; int keys
         # hash fast). _dists: the candidates still believed in (not failed), ascending.
         self._dists: list[int] = []
