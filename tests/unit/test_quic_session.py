@@ -125,6 +125,26 @@ def test_handshake_times_out_when_nobody_answers(keys):
     assert pair.now <= QuicSettings().handshake_timeout_s + 0.5
 
 
+def test_a_timed_out_handshake_runs_down_instead_of_spinning(keys):
+    """Regression: the handshake deadline stayed the timer after it fired, so the
+    endpoint's timer loop woke at once, forever (a node with an unreachable
+    QUIC bootstrap address burned a CPU core)."""
+    client_key, _ = keys
+    pair = make_pair(client_key, PrivateKey.generate())
+    pair.client.datagrams_to_send(pair.now)  # nobody will answer
+    for _ in range(1000):
+        timer = pair.client.get_timer()
+        if timer is None or pair.client.is_terminated:
+            break
+        pair.now = max(pair.now, timer)
+        pair.client.handle_timer(pair.now)
+        pair.client.datagrams_to_send(pair.now)
+        after = pair.client.get_timer()
+        assert after is None or after > pair.now, "the timer must move past a fired deadline"
+    assert pair.client.is_terminated
+    assert pair.now <= QuicSettings().handshake_timeout_s + 10
+
+
 def test_keep_alive_pings_keep_an_idle_connection_open(keys):
     pair = make_pair(*keys)
     pair.pump()

@@ -147,6 +147,9 @@ class QuicSession:
     def handle_timer(self, now: float) -> None:
         if not self._established and self._handshake_deadline is not None:
             if now >= self._handshake_deadline:
+                # Once: from here on aioquic's own closing/draining timers run the connection
+                # down (a deadline left in the past would be a timer that never moves).
+                self._handshake_deadline = None
                 self.close(reason="handshake timed out")
                 return
         if self._established and now - self._last_activity >= self._settings.keep_alive_s:
