@@ -41,7 +41,7 @@ from .records import OUR_PREFIX, SignedRecord, Validators
 from .routing import InsertStatus, RoutingTable
 from .server import KadServer
 from .store import Database, ProviderRecord, ProviderStore, RecordStore, StoredRecord, StoreLimits
-from .streams import DhtHost, InboundRequests, request
+from .streams import DhtHost, InboundRequests, Requester
 
 __all__ = ["Dht", "Provider", "PutResult"]
 
@@ -99,6 +99,7 @@ class Dht:
         self._server = KadServer(self._local, self.routing, self.records, self.providers,
                                  self.validators, k=config.k)
         self._inbound = InboundRequests(self._answer, self.penalize, self._limits)
+        self._requester = Requester(host, config.protocol_id, self._limits)
         self._banned: dict[PeerId, float] = {}
         self._seq = 0
         self._mode: str = "client"
@@ -125,6 +126,7 @@ class Dht:
                 tg.start_soon(self._maintenance_loop)
         finally:
             self._tg = None
+            await self._requester.aclose()
             self._save_routing()
             if self._db is not None:
                 self._db.close()
@@ -204,8 +206,8 @@ class Dht:
         return self._server.handle(peer, message, time.time())
 
     async def _request(self, peer: PeerId, message: Message) -> Message | None:
-        return await request(self._host, peer, self.config.protocol_id, message,
-                             limits=self._limits, timeout_s=self.config.request_timeout_s)
+        return await self._requester.request(peer, message,
+                                             timeout_s=self.config.request_timeout_s)
 
     def _learn(self, entries: Iterable[PeerEntry]) -> list[PeerId]:
         """Remember the addresses of peers named in an answer; the usable peer ids."""
@@ -583,6 +585,7 @@ class Dht:
     async def maintain(self) -> None:
         """One maintenance round: expire, republish what is due, refresh buckets, save."""
         now = time.time()
+        await self._requester.prune()
         self.records.expire(now)
         self.providers.expire(now)
         if now - self._last_republish >= self.config.republish_interval_s:

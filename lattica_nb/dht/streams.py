@@ -22,11 +22,14 @@ from ..protocols.router import Stream
 from ..wire.framing import FrameReader, frame, read_frame
 from .messages import Message, MessageLimits, MessageType, decode_message, encode_message
 
-__all__ = ["DhtHost", "InboundRequests", "request"]
+__all__ = ["DhtHost", "InboundRequests", "Requester"]
 
 logger = logging.getLogger(__name__)
 
 INBOUND_IDLE_TIMEOUT_S = 30.0
+IDLE_STREAM_S = 5.0
+"""How long an answered outbound stream is kept for the next request to that peer."""
+MAX_IDLE_STREAMS_PER_PEER = 2
 """An inbound stream with no next request for this long is closed."""
 
 
@@ -54,31 +57,126 @@ class DhtHost(Protocol):
     def is_connected(self, peer: PeerId) -> bool: ...
 
 
-async def request(host: DhtHost, peer: PeerId, protocol: str, message: Message, *,
-                  limits: MessageLimits, timeout_s: float) -> Message | None:
-    """Send ``message`` to ``peer`` and return its answer (None for ADD_PROVIDER).
+class Requester:
+    """Sends Kademlia requests, reusing answered streams for the next request to a peer.
 
-    Raises TimeoutError, TransportError/DialError when the peer cannot be
-    reached, DecodeError (and RemoteProtocolError) when it answers badly.
+    Opening a stream costs a round trip or two (rust-libp2p and our own
+    server read further requests on a stream they answered), so a stream
+    whose request was answered is kept for ``idle_stream_s`` and reused. A
+    kept stream that broke meanwhile (the peer closed it) is dropped and the
+    request goes out on a fresh one; requests are idempotent.
     """
-    expects_answer = message.type is not MessageType.ADD_PROVIDER
-    with anyio.fail_after(timeout_s):
+
+    def __init__(self, host: DhtHost, protocol: str, limits: MessageLimits, *,
+                 idle_stream_s: float = IDLE_STREAM_S,
+                 max_idle_per_peer: int = MAX_IDLE_STREAMS_PER_PEER) -> None:
+        self._host = host
+        self._protocol = protocol
+        self._limits = limits
+        self._idle_s = idle_stream_s
+        self._max_idle = max_idle_per_peer
+        self._idle: dict[PeerId, list[tuple[Stream, float]]] = {}
+
+    async def request(self, peer: PeerId, message: Message, *, timeout_s: float
+                      ) -> Message | None:
+        """Send ``message`` to ``peer`` and return its answer (None for ADD_PROVIDER).
+
+        Raises TimeoutError, TransportError/DialError when the peer cannot be
+        reached, DecodeError (and RemoteProtocolError) when it answers badly.
+        """
+        with anyio.fail_after(timeout_s):
+            if message.type is MessageType.ADD_PROVIDER:
+                await self._announce(peer, message)
+                return None
+            kept = self._take(peer)
+            if kept is not None:
+                try:
+                    return await self._exchange(peer, kept, message)
+                except TransportError as exc:
+                    logger.debug("kept kad stream to %s broke (%s); opening another",
+                                 peer.short(), exc)
+            stream = await self._open(peer)
+            return await self._exchange(peer, stream, message)
+
+    async def aclose(self) -> None:
+        """Close every kept stream."""
+        idle, self._idle = self._idle, {}
+        for kept in idle.values():
+            for stream, _ in kept:
+                await _close(stream)
+
+    async def prune(self) -> None:
+        """Close kept streams older than ``idle_stream_s``."""
+        now = anyio.current_time()
+        for peer in list(self._idle):
+            kept = self._idle[peer]
+            fresh = [(s, t) for s, t in kept if now - t < self._idle_s]
+            for stream, t in kept:
+                if now - t >= self._idle_s:
+                    await _close(stream)
+            if fresh:
+                self._idle[peer] = fresh
+            else:
+                del self._idle[peer]
+
+    def _take(self, peer: PeerId) -> Stream | None:
+        kept = self._idle.get(peer)
+        now = anyio.current_time()
+        while kept:
+            stream, since = kept.pop()
+            if now - since < self._idle_s and not stream.connection.is_closed:
+                return stream
+        return None
+
+    def _give_back(self, peer: PeerId, stream: Stream) -> bool:
+        kept = self._idle.setdefault(peer, [])
+        if len(kept) >= self._max_idle:
+            return False
+        kept.append((stream, anyio.current_time()))
+        return True
+
+    async def _open(self, peer: PeerId) -> Stream:
         try:
-            stream = await host.open_stream(peer, protocol, lazy=True, discover=False)
-            async with stream:
-                await stream.send(frame(encode_message(message)))
-                if not expects_answer:
-                    await stream.send_eof()
-                    return None
-                data = await read_frame(stream, max_bytes=limits.max_message_bytes)
+            return await self._host.open_stream(peer, self._protocol, lazy=True, discover=False)
         except (anyio.BrokenResourceError, anyio.ClosedResourceError, anyio.EndOfStream) as exc:
             raise TransportError(f"kad stream to {peer.short()} broke: {exc!r}") from exc
-    answer = decode_message(data, limits)
-    if answer.type is not message.type:
-        raise DecodeError(
-            f"peer answered a {message.type.name} request with {answer.type.name}"
-        )
-    return answer
+
+    async def _exchange(self, peer: PeerId, stream: Stream, message: Message) -> Message:
+        try:
+            await stream.send(frame(encode_message(message)))
+            data = await read_frame(stream, max_bytes=self._limits.max_message_bytes)
+            answer = decode_message(data, self._limits)
+            if answer.type is not message.type:
+                raise DecodeError(
+                    f"peer answered a {message.type.name} request with {answer.type.name}"
+                )
+        except BaseException as exc:
+            with anyio.CancelScope(shield=True):
+                await stream.reset()
+            if isinstance(exc, (anyio.BrokenResourceError, anyio.ClosedResourceError,
+                                anyio.EndOfStream)):
+                raise TransportError(f"kad stream to {peer.short()} broke: {exc!r}") from exc
+            raise
+        if not self._give_back(peer, stream):
+            await _close(stream)
+        return answer
+
+    async def _announce(self, peer: PeerId, message: Message) -> None:
+        stream = await self._open(peer)
+        try:
+            async with stream:
+                await stream.send(frame(encode_message(message)))
+                await stream.send_eof()
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError) as exc:
+            raise TransportError(f"kad stream to {peer.short()} broke: {exc!r}") from exc
+
+
+async def _close(stream: Stream) -> None:
+    with anyio.move_on_after(1.0, shield=True):
+        try:
+            await stream.aclose()
+        except (LatticaError, anyio.BrokenResourceError, anyio.ClosedResourceError):
+            pass
 
 
 Answer = Callable[[PeerId, Message], "Message | None"]

@@ -23,7 +23,7 @@ from lattica_nb.dht.records import SignedRecord
 from lattica_nb.errors import LocalProtocolError, QuorumFailed, RecordTooLarge
 from lattica_nb.identity import PeerId, PrivateKey
 from lattica_nb.multiaddr import Multiaddr
-from lattica_nb.wire.framing import frame, read_frame
+from lattica_nb.wire.framing import frame, read_frame, read_frame_or_none
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(60)]
 
@@ -252,3 +252,37 @@ async def test_malformed_and_oversize_messages_reset_the_stream() -> None:
                         await stream.receive()
         # the node keeps serving others
         assert await nodes[1].dht.get("x") is None
+
+
+# -- stream reuse -------------------------------------------------------------------------
+
+
+async def test_requests_to_a_peer_reuse_an_answered_stream_and_survive_its_close() -> None:
+    from lattica_nb.dht.messages import MessageLimits
+    from lattica_nb.dht.streams import Requester
+
+    streams_seen = []
+
+    async with Node(config(DhtConfig(enabled=False))) as server, \
+            Node(config(DhtConfig(enabled=False))) as client:
+        async def one_answer_per_stream(stream: Stream) -> None:
+            streams_seen.append(stream)
+            request = decode_message(await read_frame(stream, max_bytes=1 << 16))
+            await stream.send(frame(encode_message(Message(request.type, key=request.key))))
+            if len(streams_seen) > 1:  # from the second stream on: keep answering
+                while (data := await read_frame_or_none(stream, max_bytes=1 << 16)) is not None:
+                    request = decode_message(data)
+                    await stream.send(frame(encode_message(Message(request.type,
+                                                                   key=request.key))))
+
+        server.set_handler(PROTO, one_answer_per_stream)
+        await client.connect(server.listen_addrs[0])
+        requester = Requester(client, PROTO, MessageLimits())
+        for i in range(4):
+            answer = await requester.request(
+                server.peer_id, Message(MessageType.FIND_NODE, key=b"k%d" % i), timeout_s=5)
+            assert answer is not None and answer.key == b"k%d" % i
+        # stream 1 answered once and closed: request 2 found it broken and went out on a
+        # fresh stream, which then carried requests 2, 3 and 4
+        assert len(streams_seen) == 2
+        await requester.aclose()
