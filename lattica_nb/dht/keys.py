@@ -9,6 +9,7 @@ agree with a Lattica peer's.
 from __future__ import annotations
 
 import hashlib
+import random
 
 from ..identity import PeerId
 
@@ -21,6 +22,7 @@ __all__ = [
     "distance",
     "key_for_bytes",
     "key_for_peer",
+    "preimage_in_bucket",
 ]
 
 KEY_BYTES = 32
@@ -84,3 +86,19 @@ def bucket_index(local: bytes, other: bytes) -> int:
     if cpl == KEY_BITS:
         raise ValueError("a node's own key has no bucket")
     return cpl
+
+
+def preimage_in_bucket(local: bytes, index: int, rng: random.Random, *,
+                       max_tries: int = 1 << 15) -> bytes | None:
+    """Random key bytes whose keyspace point falls in bucket ``index`` of ``local``.
+
+    A FIND_NODE carries key bytes and the receiver hashes them, so a bucket
+    refresh needs a preimage; one in bucket ``index`` turns up once in
+    ``2**(index+1)`` tries. None when ``max_tries`` found none (deep buckets:
+    the lookup of our own id covers those).
+    """
+    for _ in range(max_tries):
+        candidate = rng.randbytes(KEY_BYTES)
+        if common_prefix_length(local, hashlib.sha256(candidate).digest()) == index:
+            return candidate
+    return None

@@ -31,12 +31,12 @@ from .messages import Message, MessageType, PeerEntry
 if TYPE_CHECKING:
     from .records import Validators
 
-__all__ = ["FindPeerQuery", "GetProvidersQuery", "GetValueQuery"]
+__all__ = ["ClosestPeersQuery", "FindPeerQuery", "GetProvidersQuery", "GetValueQuery", "Query"]
 
 logger = logging.getLogger(__name__)
 
 
-class _Query:
+class Query:
     """A lookup plus a request message; subclasses read the answers."""
 
     def __init__(
@@ -120,7 +120,7 @@ class _Query:
         raise NotImplementedError
 
 
-class GetValueQuery(_Query):
+class GetValueQuery(Query):
     """GET_VALUE for ``key``: valid values from up to ``quorum`` peers."""
 
     def __init__(
@@ -199,7 +199,7 @@ class GetValueQuery(_Query):
         return len(self._values) >= self._quorum
 
 
-class GetProvidersQuery(_Query):
+class GetProvidersQuery(Query):
     """GET_PROVIDERS for ``key``: up to ``count`` distinct providers."""
 
     def __init__(
@@ -243,7 +243,7 @@ class GetProvidersQuery(_Query):
         return len(self._providers) >= self._count
 
 
-class FindPeerQuery(_Query):
+class FindPeerQuery(Query):
     """FIND_NODE for a peer id, stopping as soon as some answer names it."""
 
     def __init__(
@@ -290,3 +290,36 @@ class FindPeerQuery(_Query):
 
     def _enough(self) -> bool:
         return self._found is not None
+
+
+class ClosestPeersQuery(Query):
+    """FIND_NODE for any key: the k closest peers that answered (no early stop)."""
+
+    def __init__(
+        self,
+        key: bytes,
+        target: KadKey,
+        seeds: Iterable[PeerId],
+        *,
+        now: float,
+        k: int = DEFAULT_K,
+        alpha: int = DEFAULT_ALPHA,
+        request_timeout_s: float = DEFAULT_REQUEST_TIMEOUT_S,
+        local: PeerId | None = None,
+        max_candidates: int | None = None,
+    ) -> None:
+        super().__init__(
+            target, Message(MessageType.FIND_NODE, key=bytes(key)), seeds,
+            now=now, k=k, alpha=alpha, request_timeout_s=request_timeout_s, local=local,
+            max_candidates=max_candidates,
+        )  # fmt: skip
+
+    def closest(self, count: int | None = None) -> list[PeerId]:
+        """Peers that answered, closest to the target first."""
+        return self._lookup.closest(count)
+
+    def _take(self, peer: PeerId, response: Message, now: float) -> bool:
+        return False
+
+    def _enough(self) -> bool:
+        return False

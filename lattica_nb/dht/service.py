@@ -16,8 +16,9 @@ from __future__ import annotations
 import logging
 import random
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import anyio
 import anyio.abc
@@ -26,17 +27,16 @@ from ..errors import (
     LatticaError,
     LimitExceeded,
     LocalProtocolError,
-    ProtocolNegotiationError,
     QuorumFailed,
     RecordTooLarge,
-    RemoteProtocolError,
 )
 from ..identity import PeerId, PrivateKey
 from ..multiaddr import Multiaddr
 from .config import DhtConfig
-from .keys import KadKey, key_for_bytes, key_for_peer
-from .lookup import Lookup
+from .keys import KadKey, key_for_bytes, key_for_peer, preimage_in_bucket
 from .messages import Message, MessageLimits, MessageType, PeerEntry, WireRecord
+from .queries import ClosestPeersQuery, FindPeerQuery, GetProvidersQuery, GetValueQuery
+from .querying import QueryRunner
 from .records import OUR_PREFIX, SignedRecord, Validators
 from .routing import InsertStatus, RoutingTable
 from .server import KadServer
@@ -68,8 +68,6 @@ class PutResult:
     stored_on: tuple[PeerId, ...]
 
 
-QueryStep = Callable[[Lookup, PeerId, Message], None]
-"""Sees each answer of a lookup; may stop the lookup."""
 
 
 class Dht:
@@ -100,6 +98,10 @@ class Dht:
                                  self.validators, k=config.k)
         self._inbound = InboundRequests(self._answer, self.penalize, self._limits)
         self._requester = Requester(host, config.protocol_id, self._limits)
+        self._runner = QueryRunner(
+            host, self._requester, self.routing, request_timeout_s=config.request_timeout_s,
+            query_timeout_s=config.query_timeout_s, is_banned=self._is_banned,
+            penalize=self.penalize, seen_alive=lambda peer: self._seen_alive(peer, ()))
         self._banned: dict[PeerId, float] = {}
         self._seq = 0
         self._mode: str = "client"
@@ -206,93 +208,32 @@ class Dht:
         return self._server.handle(peer, message, time.time())
 
     async def _request(self, peer: PeerId, message: Message) -> Message | None:
-        return await self._requester.request(peer, message,
-                                             timeout_s=self.config.request_timeout_s)
-
-    def _learn(self, entries: Iterable[PeerEntry]) -> list[PeerId]:
-        """Remember the addresses of peers named in an answer; the usable peer ids."""
-        found = []
-        for entry in entries:
-            peer = entry.peer_id
-            if peer == self._local or self._is_banned(peer):
-                continue
-            if entry.addrs:
-                self._host.add_addresses(peer, list(entry.addrs))
-            found.append(peer)
-        return found
+        return await self._runner.request(peer, message)
 
     def _seeds(self, target: KadKey) -> list[PeerId]:
         return [e.peer_id for e in self.routing.closest(target, self.config.k)
                 if not self._is_banned(e.peer_id)]
 
-    async def _lookup(self, target: KadKey, message: Message, step: QueryStep | None = None
-                      ) -> Lookup:
-        """Run one iterative lookup sending ``message`` to each peer it visits.
+    def _query_args(self, target: KadKey) -> dict[str, Any]:
+        cfg = self.config
+        return {"seeds": self._seeds(target), "now": time.time(), "k": cfg.k,
+                "alpha": cfg.alpha, "request_timeout_s": cfg.request_timeout_s,
+                "local": self._local}
 
-        ``step(lookup, peer, answer)`` sees every answer (and may stop the lookup).
-        The routing table learns every peer that answered.
+    async def closest_peers(self, key: bytes) -> list[PeerId]:
+        """The k closest DHT servers to ``key`` that answered (an iterative FIND_NODE).
+
+        ``key`` is what goes on the wire (a record key, a peer id's bytes);
+        its keyspace point is its sha256.
         """
-        lookup = Lookup(target, self._seeds(target), now=anyio.current_time(),
-                        k=self.config.k, alpha=self.config.alpha,
-                        request_timeout_s=self.config.request_timeout_s, local=self._local)
-        self.routing.touch_bucket(target, time.time())
-        wake = anyio.Event()
-
-        async def visit(peer: PeerId) -> None:
-            nonlocal wake
-            try:
-                answer = await self._request(peer, message)
-            except ProtocolNegotiationError:
-                self.routing.remove(peer)  # not (or no longer) a DHT server
-                lookup.on_failure(peer, anyio.current_time())
-            except RemoteProtocolError as exc:
-                self.penalize(peer, str(exc))
-                lookup.on_failure(peer, anyio.current_time())
-            except LatticaError as exc:
-                logger.debug("dht: request to %s failed: %s", peer.short(), exc)
-                self.routing.failed(peer, time.time())
-                lookup.on_failure(peer, anyio.current_time())
-            except (OSError, anyio.BrokenResourceError) as exc:
-                logger.debug("dht: request to %s failed: %r", peer.short(), exc)
-                self.routing.failed(peer, time.time())
-                lookup.on_failure(peer, anyio.current_time())
-            else:
-                if answer is not None:
-                    closer = self._learn(answer.closer_peers)
-                    self._seen_alive(peer, ())
-                    if step is not None:
-                        step(lookup, peer, answer)
-                    lookup.on_response(peer, closer, anyio.current_time())
-                else:
-                    lookup.on_response(peer, (), anyio.current_time())
-            wake.set()
-
-        with anyio.move_on_after(self.config.query_timeout_s):
-            async with anyio.create_task_group() as tg:
-                while not lookup.done:
-                    now = anyio.current_time()
-                    lookup.handle_timer(now)
-                    for peer in lookup.next_requests(now):
-                        tg.start_soon(visit, peer)
-                    if lookup.done:
-                        break
-                    timer = lookup.get_timer()
-                    delay = None if timer is None else max(timer - now, 0.0)
-                    with anyio.move_on_after(delay if delay is not None else 3600.0):
-                        await wake.wait()
-                    wake = anyio.Event()
-                tg.cancel_scope.cancel()
-        return lookup
-
-    async def closest_peers(self, key: bytes | KadKey) -> list[PeerId]:
-        """The k closest DHT servers to ``key`` that answered (an iterative FIND_NODE)."""
-        target = key if isinstance(key, KadKey) else key_for_bytes(key)
-        lookup = await self._lookup(target, Message(MessageType.FIND_NODE, key=bytes(key)))
-        return lookup.closest(self.config.k)
+        target = key_for_bytes(key)
+        query = ClosestPeersQuery(key, target, **self._query_args(target))
+        await self._runner.run(query)
+        return query.closest(self.config.k)
 
     async def bootstrap(self) -> int:
         """Look up our own id (fills nearby buckets), then refresh far buckets. Table size."""
-        await self.closest_peers(key_for_peer(self._local))
+        await self.closest_peers(self._local.to_bytes())
         await self._refresh(force=True)
         self._bootstrapped.set()
         return len(self.routing)
@@ -429,31 +370,24 @@ class Dht:
         if wanted < 1:
             raise LocalProtocolError("quorum must be at least 1")
         now = time.time()
-        found: dict[PeerId | None, bytes] = {}
         local = self.records.get(key, now)
+        if local is not None and wanted <= 1:
+            return local.value
+        target = key_for_bytes(key)
+        needed = wanted - (local is not None)
+        query = GetValueQuery(key, validators=self.validators, quorum=needed,
+                              **self._query_args(target))
+        await self._runner.run(query)
+        for peer in query.invalid_peers:
+            self.penalize(peer, f"sent an invalid record for {key!r}")
+        values = [value for _, value in query.values]
         if local is not None:
-            found[None] = local.value
-            if wanted <= 1:
-                return local.value
-        def step(lookup: Lookup, peer: PeerId, answer: Message) -> None:
-            record = answer.record
-            if record is None or record.key != key:
-                return
-            try:
-                self.validators.validate(key, record.value, time.time())
-            except LatticaError as exc:
-                self.penalize(peer, f"invalid record for {key!r}: {exc}")
-                return
-            found[peer] = record.value
-            if len(found) >= wanted:
-                lookup.stop()
-
-        await self._lookup(key_for_bytes(key), Message(MessageType.GET_VALUE, key=key), step)
-        if not found:
+            values.append(local.value)
+        if not values:
             return None
-        values = list(found.values())
-        best = values[self.validators.select(key, values)]
-        stale = [p for p, v in found.items() if p is not None and v != best]
+        distinct = list(dict.fromkeys(values))
+        best = distinct[self.validators.select(key, distinct)]
+        stale = [peer for peer, value in query.values if value != best]
         if stale:
             await self._correct(stale, key, best)
         if local is None or local.value != best:
@@ -536,17 +470,12 @@ class Dht:
             found[record.provider] = Provider(record.provider, record.addrs)
         if len(found) >= count:
             return list(found.values())[:count]
-        def step(lookup: Lookup, peer: PeerId, answer: Message) -> None:
-            for entry in answer.provider_peers:
-                if entry.peer_id in found or self._is_banned(entry.peer_id):
-                    continue
-                if entry.addrs and entry.peer_id != self._local:
-                    self._host.add_addresses(entry.peer_id, list(entry.addrs))
+        target = key_for_bytes(raw)
+        query = GetProvidersQuery(raw, count=count, **self._query_args(target))
+        await self._runner.run(query)
+        for entry in query.providers:
+            if entry.peer_id not in found:
                 found[entry.peer_id] = Provider(entry.peer_id, entry.addrs)
-            if len(found) >= count:
-                lookup.stop()
-
-        await self._lookup(key_for_bytes(raw), Message(MessageType.GET_PROVIDERS, key=raw), step)
         return list(found.values())[:count]
 
     # -- peers ---------------------------------------------------------------------------
@@ -555,21 +484,11 @@ class Dht:
         target = PeerId.from_string(peer) if isinstance(peer, str) else peer
         if self._host.is_connected(target):
             return PeerEntry(target, tuple(self._host.known_addresses(target)))
-        found: list[PeerEntry] = []
-
-        def step(lookup: Lookup, peer: PeerId, answer: Message) -> None:
-            if peer == target:
-                found.append(PeerEntry(target, tuple(self._host.known_addresses(target))))
-                lookup.stop()
-            for entry in answer.closer_peers:
-                if entry.peer_id == target and entry.addrs:
-                    found.append(entry)
-                    lookup.stop()
-
-        await self._lookup(key_for_peer(target),
-                           Message(MessageType.FIND_NODE, key=target.to_bytes()), step)
-        if found:
-            return PeerEntry(target, tuple(dict.fromkeys(a for e in found for a in e.addrs)))
+        query = FindPeerQuery(target, **self._query_args(key_for_peer(target)))
+        await self._runner.run(query)
+        found = query.found
+        if found is not None and found.addrs:
+            self._host.add_addresses(target, list(found.addrs))
         known = self._host.known_addresses(target)
         return PeerEntry(target, tuple(known)) if known else None
 
@@ -603,10 +522,13 @@ class Dht:
     async def _refresh(self, *, force: bool) -> None:
         interval = 0.0 if force else self.config.refresh_interval_s
         due = self.routing.buckets_to_refresh(time.time(), interval)
+        local_key = key_for_peer(self._local)
         for index in due[:MAX_REFRESH_PER_ROUND]:
             if len(self.routing) == 0:
                 return
-            await self.closest_peers(self.routing.random_key_in_bucket(index, self._rng))
+            key = preimage_in_bucket(local_key, index, self._rng)
+            if key is not None:  # deep buckets: covered by the lookup of our own id
+                await self.closest_peers(key)
 
     def _save_routing(self) -> None:
         if self._db is None:

@@ -323,3 +323,16 @@ def test_random_key_index_is_checked() -> None:
     for index in (-1, KEY_BITS):
         with pytest.raises(LocalProtocolError):
             table.random_key_in_bucket(index, random.Random(0))
+
+
+def test_refresh_preimages_hash_into_the_wanted_bucket() -> None:
+    import random as _random
+
+    from lattica_nb.dht.keys import bucket_index, key_for_bytes, preimage_in_bucket
+
+    local = key_for_bytes(b"local node")
+    rng = _random.Random(7)
+    for index in range(12):
+        key = preimage_in_bucket(local, index, rng)
+        assert key is not None and bucket_index(local, key_for_bytes(key)) == index
+    assert preimage_in_bucket(local, 200, rng, max_tries=64) is None
