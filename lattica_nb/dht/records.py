@@ -353,3 +353,16 @@ def _check_not_empty(values: Sequence[bytes]) -> None:
 
 def _none_valid(key: bytes, values: Sequence[bytes]) -> str:
     return f"none of the {len(values)} values for {_show(key)} is valid"
+
+
+def signed_expiry(key: bytes, value: bytes) -> float | None:
+    """The expiry a signed record carries (unix seconds); None for foreign or unreadable ones.
+
+    A stored copy must never outlive it, whatever TTL the store would give.
+    """
+    if not key.startswith(OUR_PREFIX):
+        return None
+    try:
+        return SignedRecord.decode(value, max_bytes=max(len(value), 1)).expires_at
+    except DecodeError:
+        return None

@@ -34,7 +34,7 @@ from ..errors import DecodeError, VerificationError
 from ..identity import PeerId
 from .keys import key_for_bytes, key_for_peer
 from .messages import Message, MessageType, PeerEntry, WireRecord
-from .records import Validators
+from .records import Validators, signed_expiry
 from .routing import RoutingTable
 from .store import ProviderRecord, ProviderStore, RecordStore, StoredRecord
 
@@ -144,7 +144,11 @@ class KadServer:
         ttl_s = self._record_ttl_s
         if record.ttl_s is not None and 0 < record.ttl_s < ttl_s:
             ttl_s = float(record.ttl_s)
-        if not self._records.put(StoredRecord(key, record.value, now, now + ttl_s), now):
+        expires_at = now + ttl_s
+        signed = signed_expiry(key, record.value)
+        if signed is not None:
+            expires_at = min(expires_at, signed)  # a copy never outlives its signed expiry
+        if not self._records.put(StoredRecord(key, record.value, now, expires_at), now):
             logger.debug("peer %s: record %r refused by the store limits", sender.short(), key)
             return None
         return request

@@ -37,7 +37,7 @@ from .keys import KadKey, key_for_bytes, key_for_peer, preimage_in_bucket
 from .messages import Message, MessageLimits, MessageType, PeerEntry, WireRecord
 from .queries import ClosestPeersQuery, FindPeerQuery, GetProvidersQuery, GetValueQuery
 from .querying import QueryRunner
-from .records import OUR_PREFIX, SignedRecord, Validators
+from .records import OUR_PREFIX, SignedRecord, Validators, signed_expiry
 from .routing import InsertStatus, RoutingTable
 from .server import KadServer
 from .store import Database, ProviderRecord, ProviderStore, RecordStore, StoredRecord, StoreLimits
@@ -404,13 +404,8 @@ class Dht:
     def _expiry(self, key: bytes, value: bytes, now: float) -> float:
         """When a stored copy of a record lapses: our TTL, never past a signed expiry."""
         expires = now + self.config.record_ttl_s
-        if key.startswith(OUR_PREFIX):
-            try:
-                record = SignedRecord.decode(value, max_bytes=self.config.max_value_bytes)
-            except LatticaError:
-                return now
-            expires = min(expires, record.expires_at)
-        return expires
+        signed = signed_expiry(key, value)
+        return expires if signed is None else min(expires, signed)
 
     async def _correct(self, peers: Sequence[PeerId], key: bytes, best: bytes) -> None:
         """Send the best record to peers that returned an older one."""

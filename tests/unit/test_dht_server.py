@@ -232,3 +232,15 @@ def test_answers_stay_under_the_rust_packet_limit() -> None:
     answer = s.ask(Message(MessageType.GET_VALUE, key=key))
     assert answer is not None and answer.record is not None
     assert len(encode_message(answer)) <= 16 * 1024
+
+
+def test_a_stored_copy_never_outlives_the_signed_expiry(s: Setup) -> None:
+    key = b"/lnb/soon"
+    value = SignedRecord.create(key, b"v", PrivateKey.generate(), seq=1,
+                                expires_at=NOW + 30).encode()
+    put = Message(MessageType.PUT_VALUE, key=key, record=WireRecord(key, value, ttl_s=3600))
+    assert s.ask(put) == put
+    stored = s.records.get(key, NOW)
+    assert stored is not None and stored.expires_at == NOW + 30
+    answer = s.ask(Message(MessageType.GET_VALUE, key=key), now=NOW + 31)
+    assert answer is not None and answer.record is None
