@@ -71,6 +71,13 @@ def test_every_lattica_peer_meets_every_node(observed):
         assert not missing, f"{name} never met {missing}"
 
 
+def test_a_routed_find_peer_goes_through_lattica_peers(observed):
+    routed = observed["ours_find_routed"]
+    assert "error" not in routed, routed
+    assert not routed["connected_before"] and not routed["known_before"], routed
+    assert set(routed["expected"]) & set(routed["addrs"]), routed
+
+
 def test_every_lattica_nb_node_finds_every_node_through_the_dht(observed):
     for name in our_names(observed):
         found = observed["ours_find"][name]

@@ -158,7 +158,8 @@ async def start_ours(stack: AsyncExitStack, transport: str, bootstrap: str) -> N
         ephemeral=True,
         protocol_version=PROTOCOL,
         listen=(LISTEN[transport],),
-        dht=DhtConfig(protocol_id=PROTOCOL),
+        # no lookup at start: the routed find_peer below must be the first one
+        dht=DhtConfig(protocol_id=PROTOCOL, auto_bootstrap=False),
         bootstrap=(bootstrap,),
     )
     return await stack.enter_async_context(Node(config))
@@ -196,6 +197,22 @@ async def main() -> None:
                 names[str(node.peer_id)] = f"N{index}"
                 listen[str(node.peer_id)] = [str(a) for a in node.listen_addrs]
             result["nodes"] = {name: peer_id for peer_id, name in names.items()}
+
+            # 0. A routed lookup first: N2 knows only its bootstrap peer L2 and has never
+            # looked anything up, so finding N0 takes the DHT (through Lattica peers).
+            first, last = ours[0], ours[-1]
+            routed: dict[str, Any] = {}
+            try:
+                with anyio.fail_after(OP_TIMEOUT_S):
+                    await last.connect(lattica[-1].ready.addr(transport))
+                    routed["connected_before"] = last.is_connected(first.peer_id)
+                    routed["known_before"] = [str(a) for a in last.known_addresses(first.peer_id)]
+                    entry = await last.dht.find_peer(first.peer_id)
+                routed["addrs"] = [] if entry is None else [str(a) for a in entry.addrs]
+                routed["expected"] = [str(a.without_peer_id()) for a in first.listen_addrs]
+            except Exception as exc:
+                routed.update(error_of(exc))
+            result["ours_find_routed"] = routed
 
             started = time.monotonic()
             result["ours_bootstrap"] = {}
