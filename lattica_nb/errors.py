@@ -26,8 +26,10 @@ __all__ = [
     "LimitExceeded",
     "LocalProtocolError",
     "MessageTooLarge",
+    "MissingDependencies",
     "MultiaddrError",
     "PeerIdMismatch",
+    "PermissionDenied",
     "ProtocolError",
     "ProtocolNegotiationError",
     "QuorumFailed",
@@ -41,6 +43,8 @@ __all__ = [
     "StreamResetError",
     "TimeoutError",
     "TransportError",
+    "UnsupportedValue",
+    "ValueRangeError",
     "VerificationError",
 ]
 
@@ -218,3 +222,34 @@ class RecordTooLarge(LocalProtocolError):
 
 class StorageError(LatticaError):
     """A local database could not be opened, read or written; the message names the file."""
+
+
+# -- shared state (lattica_nb.sync) ----------------------------------------------------------
+
+
+class UnsupportedValue(LocalProtocolError, TypeError):
+    """A value of a type a shared document cannot hold; the message says what to store instead."""
+
+
+class ValueRangeError(LocalProtocolError, ValueError):
+    """A value a shared document cannot hold exactly (an int beyond ±(2**53-1)); names the limit."""
+
+
+class PermissionDenied(VerificationError):
+    """An update breaks the room's membership or write rules.
+
+    ``entry`` is the top-level document entry it touched (None when the
+    author is not a member at all) and ``rule`` the rule it broke.
+    """
+
+    def __init__(self, message: str, *, entry: str | None, rule: str) -> None:
+        super().__init__(message)
+        self.entry = entry
+        self.rule = rule
+
+
+class MissingDependencies(LatticaError):
+    """An update builds on changes not applied here yet: hold it and check it again later.
+
+    Not a verdict on the update: it is judged once what it depends on has arrived.
+    """
