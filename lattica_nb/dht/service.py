@@ -41,7 +41,7 @@ from .records import OUR_PREFIX, SignedRecord, Validators, signed_expiry
 from .routing import InsertStatus, RoutingTable
 from .server import KadServer
 from .store import Database, ProviderRecord, ProviderStore, RecordStore, StoredRecord, StoreLimits
-from .streams import DhtHost, InboundRequests, Requester
+from .streams import IDLE_STREAM_S, DhtHost, InboundRequests, Requester
 
 __all__ = ["Dht", "Provider", "PutResult"]
 
@@ -126,6 +126,7 @@ class Dht:
                 self.set_mode(mode)
                 task_status.started()
                 tg.start_soon(self._maintenance_loop)
+                tg.start_soon(self._prune_loop)
         finally:
             self._tg = None
             await self._requester.aclose()
@@ -495,6 +496,12 @@ class Dht:
                 await self.maintain()
             except LatticaError as exc:
                 logger.info("dht: maintenance round failed: %s", exc)
+
+    async def _prune_loop(self) -> None:
+        """Close kept request streams once idle, so idle connections can close too."""
+        while True:
+            await anyio.sleep(IDLE_STREAM_S / 2)
+            await self._requester.prune()
 
     async def maintain(self) -> None:
         """One maintenance round: expire, republish what is due, refresh buckets, save."""

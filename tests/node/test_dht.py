@@ -262,6 +262,7 @@ async def test_requests_to_a_peer_reuse_an_answered_stream_and_survive_its_close
     from lattica_nb.dht.streams import Requester
 
     streams_seen = []
+    kept_stream_closed = anyio.Event()
 
     async with Node(config(DhtConfig(enabled=False))) as server, \
             Node(config(DhtConfig(enabled=False))) as client:
@@ -274,6 +275,7 @@ async def test_requests_to_a_peer_reuse_an_answered_stream_and_survive_its_close
                     request = decode_message(data)
                     await stream.send(frame(encode_message(Message(request.type,
                                                                    key=request.key))))
+                kept_stream_closed.set()
 
         server.set_handler(PROTO, one_answer_per_stream)
         await client.connect(server.listen_addrs[0])
@@ -286,3 +288,31 @@ async def test_requests_to_a_peer_reuse_an_answered_stream_and_survive_its_close
         # fresh stream, which then carried requests 2, 3 and 4
         assert len(streams_seen) == 2
         await requester.aclose()
+        with anyio.fail_after(5):
+            await kept_stream_closed.wait()  # closing the requester ended the kept stream
+
+
+async def test_kept_request_streams_are_closed_once_idle() -> None:
+    from lattica_nb.dht.messages import MessageLimits
+    from lattica_nb.dht.streams import Requester
+
+    ended = anyio.Event()
+    async with Node(config(DhtConfig(enabled=False))) as server, \
+            Node(config(DhtConfig(enabled=False))) as client:
+        async def answer_all(stream: Stream) -> None:
+            while (data := await read_frame_or_none(stream, max_bytes=1 << 16)) is not None:
+                request = decode_message(data)
+                await stream.send(frame(encode_message(Message(request.type, key=request.key))))
+            ended.set()
+
+        server.set_handler(PROTO, answer_all)
+        await client.connect(server.listen_addrs[0])
+        requester = Requester(client, PROTO, MessageLimits(), idle_stream_s=0.1)
+        await requester.request(server.peer_id, Message(MessageType.FIND_NODE, key=b"x"),
+                                timeout_s=5)
+        await requester.prune()
+        assert not ended.is_set(), "a fresh kept stream survives a prune"
+        await anyio.sleep(0.15)  # let the kept stream age past idle_stream_s
+        await requester.prune()
+        with anyio.fail_after(5):
+            await ended.wait()

@@ -9,6 +9,7 @@ import anyio
 import pytest
 
 from lattica_nb import Node, NodeConfig, PeerConnected, PeerDisconnected, PeerIdentified, Stream
+from lattica_nb.dht import DhtConfig
 from lattica_nb.errors import (
     ConfigError,
     DialError,
@@ -174,7 +175,8 @@ async def test_connection_limit_refuses_extra_peers():
 
 async def test_stream_limit_blocks_extra_streams_until_one_closes():
     settings = QuicSettings(max_incoming_streams=4)
-    async with Node(config(quic=settings)) as a, Node(config()) as b:
+    no_dht = DhtConfig(enabled=False)  # its kept request streams would count against the limit
+    async with Node(config(quic=settings, dht=no_dht)) as a, Node(config(dht=no_dht)) as b:
         a.set_handler(ECHO, echo)
         await b.connect(a.listen_addrs[0])
         held: list[Stream] = []
@@ -192,7 +194,9 @@ async def test_stream_limit_blocks_extra_streams_until_one_closes():
 
 
 async def test_idle_connections_close():
-    async with Node(config(idle_timeout_s=0.3)) as a, Node(config()) as b:
+    # without the DHT: its answered request streams stay open a few seconds for reuse
+    no_dht = DhtConfig(enabled=False)
+    async with Node(config(idle_timeout_s=0.3, dht=no_dht)) as a, Node(config(dht=no_dht)) as b:
         async with b.subscribe() as b_events:
             await b.connect(a.listen_addrs[0])
             gone = await next_event(b_events, PeerDisconnected)
