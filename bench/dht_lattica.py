@@ -249,6 +249,23 @@ async def measure_lattica_nb(ops: int, chain: int, value_bytes: int,
             get = await timed(last.dht.get, keys("put", ops), lambda got: got == value)
             provide = await timed(first.dht.provide, keys("prov", ops))
             found = await timed(last.dht.find_providers, keys("prov", ops), has_provider)
+            # Like Lattica's get_providers (it returns on its first answer): stop at one.
+            first_found = await timed(lambda key, last=last: last.dht.find_providers(key, count=1),
+                                      keys("prov", ops), has_provider)
+            # The network path of a get: the record is held by the first node only
+            # (stored there directly, never replicated), so the getter must look it up.
+            from lattica_nb.dht.store import StoredRecord
+
+            now = time.time()
+            for key in keys("remote", ops):
+                first.dht.records.put(StoredRecord(key.encode(), value, now, now + 3600,
+                                                   local=True), now)
+            remote = await timed(lambda key, last=last: last.dht.get_raw(key.encode()),
+                                 keys("remote", ops), lambda got: got == value)
+            for op, batch in (("get_providers_first", first_found), ("get_remote", remote)):
+                figures.update(summarize(f"{layout}_{op}", batch["latencies_ms"],
+                                         batch["errors"], batch["mismatches"],
+                                         batch["first_error"]))
             for op, batch in (("put", put), ("get", get), ("provide", provide),
                               ("get_providers", found)):
                 figures.update(summarize(f"{layout}_{op}", batch["latencies_ms"],
@@ -292,6 +309,14 @@ def print_table(command: str, ours: dict[str, Any] | str, lattica: dict[str, Any
                 label = f"{names[layout]}: {op} {q}"
                 print(f"| {label:<34} | {_cell(ours, key):>18} | {_cell(lattica, key):>18} | "
                       f"{_ratio(ours, lattica, key):>12} |")
+    print("\nlattica_nb only (no Lattica equivalent):")
+    for layout in LAYOUTS:
+        for op, what in (("get_providers_first", "find_providers(count=1), as Lattica's "
+                          "get_providers returns on its first answer"),
+                         ("get_remote", "get of a record only the first node holds "
+                          "(the network path; the rows above read a replicated copy)")):
+            cells = " / ".join(_cell(ours, f"{layout}_{op}_{q}_ms") for q in ("p50", "p99"))
+            print(f"- {names[layout]}: {what}: p50 / p99 {cells}")
     print(f"\n{ops} sequential calls per row after {WARMUP_OPS} warm-up calls; "
           "'bad' = calls that failed or answered wrongly (left out of the latencies).")
     for name, figures in (("lattica_nb", ours), ("Lattica SDK", lattica)):
