@@ -32,6 +32,7 @@ from datetime import UTC, datetime
 
 from ..errors import DecodeError, VerificationError
 from ..identity import PeerId
+from ..multiaddr import Multiaddr
 from .keys import key_for_bytes, key_for_peer
 from .messages import Message, MessageType, PeerEntry, WireRecord
 from .records import Validators, signed_expiry
@@ -204,18 +205,43 @@ class KadServer:
         size = _MESSAGE_OVERHEAD_BYTES + len(message.key)
         if message.record is not None:
             size += _RECORD_OVERHEAD_BYTES + len(message.record.key) + len(message.record.value)
-        size += sum(_peer_bytes(e) for e in message.provider_peers)
+        providers = _fit_providers(message.provider_peers,
+                                   self._max_response_bytes - size)
+        size += sum(_peer_bytes(e) for e in providers)
         keep = len(closer_sizes)
         total = size + sum(closer_sizes)
         while keep and total > self._max_response_bytes:
             keep -= 1
             total -= closer_sizes[keep]
-        if keep == len(closer_sizes):
+        if keep == len(closer_sizes) and providers is message.provider_peers:
             return message
         return Message(message.type, key=message.key, record=message.record,
                        closer_peers=message.closer_peers[:keep],
-                       provider_peers=message.provider_peers,
+                       provider_peers=providers,
                        cluster_level=message.cluster_level)
+
+
+def _fit_providers(entries: tuple[PeerEntry, ...], budget: int) -> tuple[PeerEntry, ...]:
+    """Provider entries within ``budget`` bytes: each keeps its first addresses that fit
+    (at least one), and entries that no longer fit are left out (the asker can ask again)."""
+    if sum(_peer_bytes(e) for e in entries) <= budget:
+        return entries
+    kept: list[PeerEntry] = []
+    per_entry = max(budget // max(len(entries), 1), _PEER_OVERHEAD_BYTES + 64)
+    for entry in entries:
+        addrs: list[Multiaddr] = []
+        size = _PEER_OVERHEAD_BYTES + len(entry.peer_id.to_bytes())
+        for addr in entry.addrs:
+            extra = _ADDR_OVERHEAD_BYTES + len(addr.to_bytes())
+            if addrs and size + extra > per_entry:
+                break
+            addrs.append(addr)
+            size += extra
+        if size > budget:
+            break
+        budget -= size
+        kept.append(PeerEntry(entry.peer_id, tuple(addrs), entry.connection))
+    return tuple(kept)
 
 
 def _peer_bytes(entry: PeerEntry) -> int:

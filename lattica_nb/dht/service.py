@@ -6,9 +6,9 @@ inbound requests with :class:`~.server.KadServer`, keeps the routing table
 fed from identify and from answers, and runs the maintenance loop (expiry,
 republish, bucket refresh, persistence).
 
-Clocks: records, providers and the routing table use wall-clock time (record
-expiry is absolute and survives restarts); lookups use the event loop's
-monotonic clock for their request timeouts.
+Clocks: records, providers, the routing table and queries use wall-clock
+time (record expiry is absolute, signed, and survives restarts); only the
+per-request and per-query deadlines use the event loop's clock.
 """
 
 from __future__ import annotations
@@ -95,7 +95,8 @@ class Dht:
         self.providers = ProviderStore(local_key, store_limits, self._db, now=now)
         self.validators = Validators(max_value_bytes=config.max_value_bytes)
         self._server = KadServer(self._local, self.routing, self.records, self.providers,
-                                 self.validators, k=config.k)
+                                 self.validators, k=config.k, record_ttl_s=config.record_ttl_s,
+                                 provider_ttl_s=config.provider_ttl_s)
         self._inbound = InboundRequests(self._answer, self.penalize, self._limits)
         self._requester = Requester(host, config.protocol_id, self._limits)
         self._runner = QueryRunner(
@@ -349,7 +350,12 @@ class Dht:
         return list(confirmed)
 
     async def get(self, key: str | bytes, *, quorum: int | None = None) -> bytes | None:
-        """The value of the signed record ``key`` (the newest valid one), or None."""
+        """The value of the signed record ``key``, or None.
+
+        With quorum 1 (the default) a copy this node holds (stored, published
+        or cached by an earlier get) answers at once; a larger quorum asks the
+        network for that many copies and returns the newest valid one.
+        """
         record = await self.get_record(key, quorum=quorum)
         return None if record is None else record.value
 
@@ -516,8 +522,13 @@ class Dht:
                                      record.value, record.expires_at)
         if now - self._last_provider_republish >= self.config.provider_republish_interval_s:
             self._last_provider_republish = now
+            addrs = tuple(self._host.listen_addrs)
             for key in self.providers.local_keys():
-                await self._announce(key, tuple(self._host.listen_addrs))
+                # renew our own record too: providing lasts until stop_providing()
+                self.providers.add(ProviderRecord(key, self._local, addrs,
+                                                  now + self.config.provider_ttl_s, local=True),
+                                   now)
+                await self._announce(key, addrs)
         await self._refresh(force=False)
         self._save_routing()
 

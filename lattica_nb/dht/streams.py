@@ -1,7 +1,8 @@
 """Kademlia messages over libp2p streams: one request (and its answer) per stream.
 
-The outbound side opens a stream per request, writes one uvarint-framed
-message and reads one framed answer (none for ADD_PROVIDER). The inbound
+The outbound side writes one uvarint-framed request and reads one framed
+answer (none for ADD_PROVIDER, which gets a stream of its own); an answered
+stream is kept a few seconds and carries the next request to that peer. The inbound
 side reads requests one after another on a stream (rust-libp2p may send
 several) and answers each with what the sans-IO :class:`KadServer` returns.
 """
@@ -27,10 +28,10 @@ __all__ = ["DhtHost", "InboundRequests", "Requester"]
 logger = logging.getLogger(__name__)
 
 INBOUND_IDLE_TIMEOUT_S = 30.0
+"""An inbound stream with no next request for this long is closed."""
 IDLE_STREAM_S = 5.0
 """How long an answered outbound stream is kept for the next request to that peer."""
 MAX_IDLE_STREAMS_PER_PEER = 2
-"""An inbound stream with no next request for this long is closed."""
 
 
 class DhtHost(Protocol):
@@ -120,12 +121,18 @@ class Requester:
                 del self._idle[peer]
 
     def _take(self, peer: PeerId) -> Stream | None:
+        """A kept stream still young enough; older ones are left to :meth:`prune`."""
         kept = self._idle.get(peer)
         now = anyio.current_time()
         while kept:
-            stream, since = kept.pop()
-            if now - since < self._idle_s and not stream.connection.is_closed:
+            stream, since = kept[-1]
+            if stream.connection.is_closed:
+                kept.pop()
+                continue
+            if now - since < self._idle_s:
+                kept.pop()
                 return stream
+            return None
         return None
 
     def _give_back(self, peer: PeerId, stream: Stream) -> bool:

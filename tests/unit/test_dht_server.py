@@ -244,3 +244,19 @@ def test_a_stored_copy_never_outlives_the_signed_expiry(s: Setup) -> None:
     assert stored is not None and stored.expires_at == NOW + 30
     answer = s.ask(Message(MessageType.GET_VALUE, key=key), now=NOW + 31)
     assert answer is not None and answer.record is None
+
+
+def test_provider_answers_are_trimmed_under_the_rust_packet_limit() -> None:
+    from lattica_nb.dht.server import DEFAULT_MAX_RESPONSE_BYTES
+
+    s = Setup(peers=50)
+    rng = random.Random(3)
+    long_addrs = tuple(Multiaddr(f"/dns4/host-{i}-{'x' * 200}.example/tcp/{4000 + i}")
+                       for i in range(32))
+    for _ in range(20):
+        provider = random_peer(rng)
+        s.providers.add(ProviderRecord(b"model", provider, long_addrs, NOW + 3600), NOW)
+    answer = s.ask(Message(MessageType.GET_PROVIDERS, key=b"model"))
+    assert answer is not None and answer.provider_peers
+    assert all(entry.addrs for entry in answer.provider_peers)
+    assert len(encode_message(answer)) <= DEFAULT_MAX_RESPONSE_BYTES
