@@ -99,6 +99,10 @@ class QueryRunner:
             logger.debug("dht: request to %s failed: %r", peer.short(), exc)
             self._routing.failed(peer, time.time())
             return None
+        except Exception:  # a bug below us: one failed request, not a dead node
+            logger.exception("dht: request to %s failed unexpectedly", peer.short())
+            self._routing.failed(peer, time.time())
+            return None
         if answer is None:
             return None
         self._seen_alive(peer)

@@ -317,7 +317,11 @@ class TcpTransport:
 
 def _addr_of(sock: anyio.abc.SocketStream, *, local: bool) -> Multiaddr:
     attribute = SocketAttribute.local_address if local else SocketAttribute.remote_address
-    host, port = _host_port(sock.extra(attribute))
+    try:
+        address = sock.extra(attribute)
+    except anyio.TypedAttributeLookupError as exc:  # the socket is already closed
+        raise ConnectionClosedError("the TCP connection closed as it was set up") from exc
+    host, port = _host_port(address)
     return Multiaddr.from_host_port("tcp", host, port)
 
 
