@@ -109,7 +109,6 @@ class Dht:
         self._tg: anyio.abc.TaskGroup | None = None
         self._pinging: set[PeerId] = set()
         self._rng = random.Random()
-        self._bootstrapped = anyio.Event()
         self._last_republish = time.time()
         self._last_provider_republish = time.time()
 
@@ -237,7 +236,6 @@ class Dht:
         """Look up our own id (fills nearby buckets), then refresh far buckets. Table size."""
         await self.closest_peers(self._local.to_bytes())
         await self._refresh(force=True)
-        self._bootstrapped.set()
         return len(self.routing)
 
     async def _bootstrap_quietly(self) -> None:
@@ -335,15 +333,13 @@ class Dht:
                 if len(confirmed) >= target or answered == len(peers):
                     enough.set()
 
-        if target == 0 and self._tg is not None:
-            for peer in peers:
-                self._tg.start_soon(one, peer)
-            return []
         if wait_for is None or self._tg is None:
             async with anyio.create_task_group() as tg:
                 for peer in peers:
                     tg.start_soon(one, peer)
             return confirmed
+        if target == 0:
+            enough.set()
         for peer in peers:
             self._tg.start_soon(one, peer)
         await enough.wait()
