@@ -8,7 +8,6 @@ import enum
 import json
 import math
 import os
-import shutil
 import subprocess
 from collections import OrderedDict
 
@@ -27,6 +26,7 @@ from lattica_nb.sync.values import (
     encode_key,
     encode_value,
 )
+from lattica_nb.testing.yjs_peers import YJS_NODE_DIR, find_node, yjs_node_unavailable
 
 
 def same(a: object, b: object) -> bool:
@@ -360,21 +360,28 @@ process.stdin.on('end', () => {
 """
 
 
-def _node_with_yjs() -> str:
-    node = shutil.which("node")
-    if node is None:
+def _node_with_yjs() -> tuple[str, dict[str, str]]:
+    """The ``node`` executable and an environment whose ``NODE_PATH`` finds the pinned yjs.
+
+    Uses the Node client's own checks (``yjs_node_unavailable``): the packages live in
+    ``tests/interop/yjs_node/node_modules``, installed there by ``npm ci`` (``.ci/run`` does it).
+    """
+    reason = yjs_node_unavailable()
+    if reason is not None:
+        pytest.skip(reason)
+    node = find_node()
+    if node is None:  # pragma: no cover - yjs_node_unavailable() already said why
         pytest.skip("node is not installed")
-    probe = subprocess.run(
-        [node, "-e", "require.resolve('yjs')"], capture_output=True, timeout=30, check=False
+    env = dict(os.environ)
+    env["NODE_PATH"] = os.pathsep.join(
+        p for p in (str(YJS_NODE_DIR / "node_modules"), env.get("NODE_PATH")) if p
     )
-    if probe.returncode:
-        pytest.skip("Node cannot find yjs (set NODE_PATH to a node_modules holding yjs)")
-    return node
+    return node, env
 
 
 @pytest.mark.interop
 def test_node_yjs_round_trip() -> None:
-    node = _node_with_yjs()
+    node, env = _node_with_yjs()
     writer = Doc(client_id=1)
     for index, value in enumerate(EXAMPLES):
         writer.get("v", type=Map)[str(index)] = encode_value(value)
@@ -385,7 +392,7 @@ def test_node_yjs_round_trip() -> None:
         text=True,
         timeout=60,
         check=True,
-        env=os.environ,
+        env=env,
     )
     seen, update = result.stdout.splitlines()
     assert json.loads(seen)[str(EXAMPLES.index({"step": 10, "loss": 0.5, "acc": 1.0}))] == {
