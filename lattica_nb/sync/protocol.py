@@ -20,6 +20,7 @@ Every message is ``uvarint(len(body)) || body`` where ``body`` is::
         Awareness awareness = 5;
         Ack       ack       = 6;
         Goodbye   goodbye   = 7;
+        Members   members   = 8;
       }
     }
     message Hello {
@@ -27,6 +28,8 @@ Every message is ``uvarint(len(body)) || body`` where ``body`` is::
       bytes  guid  = 2;  // document guid, 16 bytes; absent: the sender is joining and has none
       uint64 epoch = 3;  // document epoch (0 when guid is absent)
       uint64 flags = 4;  // HelloFlags bits; unknown bits are kept and ignored
+      bytes  descriptor = 5;  // owner-signed RoomDescriptor (descriptor.py); absent if joining
+      bytes  members    = 6;  // the owner-signed MemberList of a closed room (membership.py)
     }
     message VectorEntry { bytes author = 1; uint64 seq = 2; }  // peer id; seq >= 1
     message SyncStep1 { repeated VectorEntry vector = 1; }     // each author once
@@ -35,6 +38,7 @@ Every message is ``uvarint(len(body)) || body`` where ``body`` is::
     message Awareness { bytes payload = 1; }  // y-protocols awareness update, opaque
     message Ack       { repeated VectorEntry vector = 1; }     // merged by maximum
     message Goodbye   { uint32 reason = 1; string message = 2; }
+    message Members   { bytes member_list = 1; }  // a newer owner-signed MemberList
 
 An envelope inside ``SyncStep2``/``Update`` is an encoded ``Envelope``. A
 step2 answer is split into messages within the limits; the last one has
@@ -64,6 +68,7 @@ __all__ = [
     "GoodbyeReason",
     "Hello",
     "HelloFlags",
+    "Members",
     "Message",
     "ProtocolLimits",
     "SyncStep1",
@@ -76,7 +81,7 @@ __all__ = [
 
 PROTOCOL_ID = "/lattica-nb/yjs/1.0.0"
 
-_HELLO, _STEP1, _STEP2, _UPDATE, _AWARENESS, _ACK, _GOODBYE = range(1, 8)
+_HELLO, _STEP1, _STEP2, _UPDATE, _AWARENESS, _ACK, _GOODBYE, _MEMBERS = range(1, 9)
 _STEP2_FIXED_OVERHEAD_BYTES = 7
 """Outer tag and length (<= 5 bytes) and ``final`` (2 bytes)."""
 _STEP2_PER_ENVELOPE_BYTES = 5
@@ -129,6 +134,8 @@ class ProtocolLimits:
     max_envelopes_per_step2: int = 1024
     max_awareness_bytes: int = 64 * 1024
     max_reason_bytes: int = 1024
+    max_descriptor_bytes: int = 64 * 1024
+    """A room descriptor or member list carried in a HELLO or MEMBERS message."""
 
     def __post_init__(self) -> None:
         for name in (
@@ -138,6 +145,7 @@ class ProtocolLimits:
             "max_envelopes_per_step2",
             "max_awareness_bytes",
             "max_reason_bytes",
+            "max_descriptor_bytes",
         ):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -173,6 +181,10 @@ class Hello:
     """None: the sender is joining and has no document yet (and so no envelopes)."""
     epoch: int = 0
     flags: HelloFlags = HelloFlags.NONE
+    descriptor: bytes = b""
+    """The encoded owner-signed room descriptor (empty while joining); checked by the room."""
+    members: bytes = b""
+    """The encoded owner-signed member list of a closed room (empty for an open one)."""
 
     def __post_init__(self) -> None:
         if len(self.room) != ROOM_ID_BYTES:
@@ -228,6 +240,13 @@ class Ack:
 
 
 @dataclass(frozen=True, slots=True)
+class Members:
+    """A member list the owner signed (encoded), sent when it changes; checked by the room."""
+
+    member_list: bytes
+
+
+@dataclass(frozen=True, slots=True)
 class Goodbye:
     """The sender ends the session; ``message`` says why, for a person to read."""
 
@@ -235,7 +254,9 @@ class Goodbye:
     message: str = ""
 
 
-Message: TypeAlias = Hello | SyncStep1 | SyncStep2 | Update | Awareness | Ack | Goodbye
+Message: TypeAlias = (
+    Hello | SyncStep1 | SyncStep2 | Update | Awareness | Ack | Goodbye | Members
+)
 
 
 def _check_vector(vector: Mapping[PeerId, int]) -> None:
@@ -258,6 +279,10 @@ def encode_message(message: Message) -> bytes:
         inner.uint(3, message.epoch)
         if message.flags:
             inner.uint(4, int(message.flags))
+        if message.descriptor:
+            inner.bytes(5, message.descriptor)
+        if message.members:
+            inner.bytes(6, message.members)
     elif isinstance(message, SyncStep1 | Ack):
         kind = _STEP1 if isinstance(message, SyncStep1) else _ACK
         for author, seq in sorted(message.vector.items()):
@@ -273,6 +298,9 @@ def encode_message(message: Message) -> bytes:
     elif isinstance(message, Awareness):
         kind = _AWARENESS
         inner.bytes(1, message.payload)
+    elif isinstance(message, Members):
+        kind = _MEMBERS
+        inner.bytes(1, message.member_list)
     else:
         kind = _GOODBYE
         inner.uint(1, int(message.reason))
@@ -295,13 +323,13 @@ def decode_message(
 ) -> Message:
     """Decode one message body (no length prefix); DecodeError on anything malformed."""
     outer = parse_fields(data, max_bytes=limits.max_message_bytes)
-    kinds = [kind for kind in range(_HELLO, _GOODBYE + 1) if kind in outer]
+    kinds = [kind for kind in range(_HELLO, _MEMBERS + 1) if kind in outer]
     if len(kinds) != 1:
         raise DecodeError(f"a yjs message must hold exactly one known kind, found {len(kinds)}")
     kind = kinds[0]
     fields = parse_fields(outer.bytes(kind), max_bytes=limits.max_message_bytes)
     if kind == _HELLO:
-        return _decode_hello(fields)
+        return _decode_hello(fields, limits)
     if kind in (_STEP1, _ACK):
         vector = _decode_vector(fields, limits)
         return SyncStep1(vector) if kind == _STEP1 else Ack(vector)
@@ -322,10 +350,18 @@ def decode_message(
                 f"awareness payload of {len(payload)} bytes exceeds {limits.max_awareness_bytes}"
             )
         return Awareness(payload)
+    if kind == _MEMBERS:
+        return Members(_bounded(fields.bytes(1), "member list", limits))
     return _decode_goodbye(fields, limits)
 
 
-def _decode_hello(fields: Fields) -> Hello:
+def _bounded(data: bytes, what: str, limits: ProtocolLimits) -> bytes:
+    if len(data) > limits.max_descriptor_bytes:
+        raise DecodeError(f"{what} of {len(data)} bytes exceeds {limits.max_descriptor_bytes}")
+    return data
+
+
+def _decode_hello(fields: Fields, limits: ProtocolLimits) -> Hello:
     room = fields.bytes(1)
     if len(room) != ROOM_ID_BYTES:
         raise DecodeError(f"hello room id is {len(room)} bytes, not {ROOM_ID_BYTES}")
@@ -335,7 +371,12 @@ def _decode_hello(fields: Fields) -> Hello:
     epoch = fields.uint_or_none(3) or 0
     if guid is None and epoch:
         raise DecodeError("hello has an epoch but no guid")
-    return Hello(room, guid, epoch, HelloFlags(fields.uint_or_none(4) or 0))
+    descriptor = _bounded(fields.bytes_or_none(5) or b"", "hello descriptor", limits)
+    members = _bounded(fields.bytes_or_none(6) or b"", "hello member list", limits)
+    if guid is None and (descriptor or members):
+        raise DecodeError("hello carries a room descriptor or member list but no guid")
+    flags = HelloFlags(fields.uint_or_none(4) or 0)
+    return Hello(room, guid, epoch, flags, descriptor, members)
 
 
 def _decode_vector(fields: Fields, limits: ProtocolLimits) -> dict[PeerId, int]:

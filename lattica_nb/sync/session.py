@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import enum
 from collections import deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TypeAlias
 
@@ -57,6 +57,7 @@ from .protocol import (
     GoodbyeReason,
     Hello,
     HelloFlags,
+    Members,
     Message,
     ProtocolLimits,
     SyncStep1,
@@ -68,6 +69,7 @@ __all__ = [
     "AwarenessReceived",
     "EnvelopesReceived",
     "HandshakeCompleted",
+    "MembersReceived",
     "PeerAcknowledged",
     "PeerSession",
     "SessionClosed",
@@ -122,6 +124,13 @@ class AwarenessReceived:
 
 
 @dataclass(frozen=True, slots=True)
+class MembersReceived:
+    """The peer sent a member list (encoded, unverified): the room checks and adopts it."""
+
+    member_list: bytes
+
+
+@dataclass(frozen=True, slots=True)
 class PeerAcknowledged:
     """The peer's acknowledged vector grew; this is the whole vector now."""
 
@@ -147,6 +156,7 @@ SessionEvent: TypeAlias = (
     | EnvelopesReceived
     | SyncCompleted
     | AwarenessReceived
+    | MembersReceived
     | PeerAcknowledged
     | SessionClosed
 )
@@ -163,6 +173,7 @@ class PeerSession:
         "_acked",
         "_events",
         "_flags",
+        "_hello_extra",
         "_limits",
         "_log",
         "_outbox",
@@ -179,8 +190,12 @@ class PeerSession:
         *,
         flags: HelloFlags = HelloFlags.NONE,
         limits: ProtocolLimits = _DEFAULT_LIMITS,
+        hello_extra: Callable[[], tuple[bytes, bytes]] | None = None,
     ) -> None:
+        """``hello_extra`` gives the encoded room descriptor and member list for our HELLO
+        at the moment it is sent (the room may learn them after the session is made)."""
         self._log = log
+        self._hello_extra = hello_extra
         self._remote = remote
         self._flags = flags
         self._limits = limits
@@ -233,7 +248,10 @@ class PeerSession:
         if self._state is not SessionState.IDLE:
             raise LocalProtocolError(f"session with {self._remote} was already started")
         log = self._log
-        self._outbox.append(Hello(log.room, log.guid, log.epoch, self._flags))
+        descriptor, members = self._hello_extra() if self._hello_extra else (b"", b"")
+        if log.guid is None:
+            descriptor, members = b"", b""
+        self._outbox.append(Hello(log.room, log.guid, log.epoch, self._flags, descriptor, members))
         self._state = SessionState.HELLO_SENT
 
     def forward_new(self) -> int:
@@ -264,6 +282,11 @@ class PeerSession:
         vector = self._log.vector()
         self._outbox.append(SyncStep1(vector))
         self._ack_sent.update(vector)  # a step1 tells what we have as well as an ack would
+
+    def send_members(self, member_list: bytes) -> None:
+        """Send a (newer) encoded member list; nothing unless the session is open."""
+        if self._state is SessionState.OPEN:
+            self._outbox.append(Members(bytes(member_list)))
 
     def send_awareness(self, payload: bytes) -> None:
         if self._state is not SessionState.OPEN:
@@ -303,6 +326,8 @@ class PeerSession:
             self._on_envelopes((message.envelope,))
         elif isinstance(message, Awareness):
             self._events.append(AwarenessReceived(message.payload))
+        elif isinstance(message, Members):
+            self._events.append(MembersReceived(message.member_list))
         else:
             self._note_acked(message.vector)
 
