@@ -10,6 +10,7 @@ from .dht.config import DhtConfig
 from .errors import ConfigError, MultiaddrError
 from .identity import PrivateKey
 from .multiaddr import Multiaddr
+from .sync.config import SyncConfig
 from .transport.quic.session import QuicSettings
 from .transport.tcp import TcpSettings
 
@@ -49,6 +50,7 @@ class NodeConfig:
     quic: QuicSettings = field(default_factory=QuicSettings)
     tcp: TcpSettings = field(default_factory=TcpSettings)
     dht: DhtConfig = field(default_factory=DhtConfig)
+    sync: SyncConfig = field(default_factory=SyncConfig)
 
     def __post_init__(self) -> None:
         if isinstance(self.listen, str) or isinstance(self.bootstrap, str):

@@ -35,6 +35,7 @@ from .transport.tcp import TcpTransport
 
 if TYPE_CHECKING:
     from .dht.service import Dht
+    from .sync.service import Sync
 
 logger = logging.getLogger(__name__)
 
@@ -74,6 +75,7 @@ class Node:
         self._running = False
         self._stack: AsyncExitStack | None = None
         self._dht: Dht | None = None
+        self._sync: Sync | None = None
 
     # -- lifecycle -------------------------------------------------------------------
     async def __aenter__(self) -> Node:
@@ -125,6 +127,11 @@ class Node:
 
                 self._dht = Dht(self, self._identity, cfg.dht)
                 await self._tg.start(self._dht.run)
+            if cfg.sync.enabled:
+                from .sync.service import Sync  # here: pycrdt loads only when rooms are on
+
+                self._sync = Sync(self, self._identity, cfg.sync)
+                await self._tg.start(self._sync.run)
             for addr in cfg.bootstrap_addrs:
                 self._tg.start_soon(self._bootstrap, addr)
         except BaseException as exc:
@@ -150,6 +157,7 @@ class Node:
         """First step of shutdown (runs after the endpoints closed every connection)."""
         self._running = False
         self._dht = None
+        self._sync = None
         for send in self._subscribers:
             send.close()
         self._subscribers.clear()
@@ -179,6 +187,15 @@ class Node:
                 raise LocalProtocolError("the node is not running; use 'async with Node(...)'")
             raise LocalProtocolError("the DHT is disabled in this node's config (dht.enabled)")
         return self._dht
+
+    @property
+    def sync(self) -> Sync:
+        """Shared Yjs rooms: ``await node.sync.open("sweep")``."""
+        if self._sync is None:
+            if not self._running:
+                raise LocalProtocolError("the node is not running; use 'async with Node(...)'")
+            raise LocalProtocolError("room sync is disabled in this node's config (sync.enabled)")
+        return self._sync
 
     # -- public API --------------------------------------------------------------------------
     async def connect(self, addr: Multiaddr | PeerId | str, *,

@@ -45,6 +45,7 @@ from ..errors import (
     VerificationError,
 )
 from ..identity import PeerId, PrivateKey
+from .config import RoomLimits
 from .descriptor import RoomDescriptor
 from .envelope import Envelope, new_guid
 from .events import (
@@ -83,29 +84,12 @@ logger = logging.getLogger(__name__)
 
 _EMPTY_UPDATE = b"\x00\x00"
 _DEFAULT_PROTOCOL_LIMITS = ProtocolLimits()
+_DEFAULT_ROOM_LIMITS = RoomLimits()
 
 
 def new_client_id() -> int:
     """A random 32-bit Yjs client id (y-py and Yjs in the browser lose larger ones)."""
     return secrets.randbits(32)
-
-
-@dataclass(frozen=True, slots=True)
-class RoomLimits:
-    """Bounds of one room beyond the log's and the protocol's own."""
-
-    max_pending_updates: int = 4096
-    """Accepted updates waiting for changes they build on; beyond it the oldest is dropped."""
-    misbehaviour_limit: int = 3
-    """Protocol violations from one peer before its session is closed."""
-    max_local_backlog: int = 1024
-    """Local transactions made while joining (before the document is known)."""
-
-    def __post_init__(self) -> None:
-        for name in ("max_pending_updates", "misbehaviour_limit", "max_local_backlog"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise ConfigError(f"RoomLimits.{name} must be a positive integer, got {value!r}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,7 +124,7 @@ class Room:
         owner: PeerId | None = None,
         rules: Mapping[str, WriteRule] = DEFAULT_RULES,
         client_id: int | None = None,
-        limits: RoomLimits = RoomLimits(),
+        limits: RoomLimits = _DEFAULT_ROOM_LIMITS,
         protocol_limits: ProtocolLimits = _DEFAULT_PROTOCOL_LIMITS,
     ) -> None:
         """``descriptor`` None: a room being joined; ``owner`` pins whose room it must be."""
@@ -182,7 +166,7 @@ class Room:
         members: Iterable[PeerId] = (),
         rules: Mapping[str, WriteRule] = DEFAULT_RULES,
         client_id: int | None = None,
-        limits: RoomLimits = RoomLimits(),
+        limits: RoomLimits = _DEFAULT_ROOM_LIMITS,
     ) -> Room:
         """A new document (fresh guid, epoch 0) owned by ``identity``."""
         descriptor = RoomDescriptor.create(identity, room, new_guid(), closed=closed)
@@ -201,7 +185,7 @@ class Room:
         owner: PeerId | None = None,
         rules: Mapping[str, WriteRule] = DEFAULT_RULES,
         client_id: int | None = None,
-        limits: RoomLimits = RoomLimits(),
+        limits: RoomLimits = _DEFAULT_ROOM_LIMITS,
     ) -> Room:
         """A room whose document comes from the first member that shows a valid descriptor."""
         return cls(identity, room, descriptor=None, owner=owner, rules=rules,
