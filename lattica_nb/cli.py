@@ -5,7 +5,7 @@
     lattica-nb ping ADDR               connect to a peer and ping it
     lattica-nb dht get|put|provide|providers|find-peer ... --bootstrap ADDR
                                        one DHT operation through a bootstrap peer
-    lattica-nb demo                    three peers on 127.0.0.1 finding each other
+    lattica-nb demo                    three peers on 127.0.0.1 finding each other, sharing a room
 """
 
 from __future__ import annotations
@@ -109,6 +109,7 @@ async def _run_demo(args: argparse.Namespace) -> None:
         names = ", ".join(p.peer_id.short() for p in providers)
         _say(f"peer {count - 1} asked who provides 'demo/model': {names} "
              f"(peer 1 is {writer.peer_id.short()})")
+        await _demo_room(nodes)
         _say("mesh:")
         for i, node in enumerate(nodes):
             for peer in node.peers():
@@ -120,6 +121,38 @@ async def _run_demo(args: argparse.Namespace) -> None:
         for node in reversed(nodes):
             await node.__aexit__(None, None, None)
     _say("all peers stopped cleanly")
+
+
+async def _demo_room(nodes: list[Node]) -> None:
+    """Peer 0 creates a shared room; every peer joins it and logs a row; all converge."""
+    from pycrdt import Array, Map
+
+    from .sync.events import DocumentChanged
+    from .sync.rules import author_key
+
+    owner = await nodes[0].sync.open("demo-sweep", create=True)
+    owner.doc.get("params", type=Map)["lr"] = 0.001
+    rooms = [owner] + [await node.sync.open("demo-sweep", create=False) for node in nodes[1:]]
+    _say(f"peer 0 created room 'demo-sweep' and set params; {len(rooms) - 1} peer(s) joined it")
+    changed = anyio.Event()
+
+    def on_event(event: object) -> None:
+        if isinstance(event, DocumentChanged):
+            changed.set()
+
+    for room in rooms:
+        room.observe(on_event)
+    for i, room in enumerate(rooms):
+        metrics = room.doc.get("metrics", type=Map)
+        metrics[author_key(room.room.peer_id, "demo")] = Array([{"step": 1, "loss": 1.0 / (i + 2)}])
+    with anyio.fail_after(10):
+        while any(len(r.doc.get("metrics", type=Map)) < len(rooms) for r in rooms):
+            await changed.wait()
+            changed = anyio.Event()
+    last = rooms[-1]
+    _say(f"peer {len(rooms) - 1} sees params {last.doc.get('params', type=Map).to_py()} and "
+         f"{len(last.doc.get('metrics', type=Map))} runs, every row signed by its author "
+         f"({last.status().envelopes} envelopes)")
 
 
 async def _run_dht(args: argparse.Namespace) -> None:

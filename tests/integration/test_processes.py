@@ -122,6 +122,7 @@ def test_the_readme_demo_runs_a_dht_mesh_and_stops_cleanly():
     provider_line = next(line for line in out.splitlines() if "provides 'demo/model'" in line)
     provider = provider_line.split(": ", 1)[1].split(" ")[0]
     assert provider_line.endswith(f"(peer 1 is {provider})")
+    assert "peer 2 sees params {'lr': 0.001} and 3 runs, every row signed by its author" in out
     assert out.rstrip().endswith("all peers stopped cleanly")
 
 
