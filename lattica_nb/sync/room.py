@@ -142,6 +142,7 @@ class Room:
         self._sessions: dict[PeerId, PeerSession] = {}
         self._events: deque[RoomEvent] = deque()
         self._scores: dict[PeerId, int] = {}
+        self._resynced: dict[PeerId, dict[PeerId, int]] = {}
         self._pending: deque[Envelope] = deque()
         self._refused: set[tuple[PeerId, int]] = set()
         self._backlog: list[bytes] = []
@@ -312,13 +313,15 @@ class Room:
     def disconnect(self, peer: PeerId) -> None:
         """The stream to ``peer`` is gone: forget its session (a later connect starts afresh)."""
         self._sessions.pop(peer, None)
+        self._resynced.pop(peer, None)
         if self._presence.pop(peer, None) is not None:
             self._emit(AwarenessChanged(peer))
 
     def leave(self) -> None:
         """Say GOODBYE to every peer (then send :meth:`outgoing` and close the streams)."""
-        for session in self._sessions.values():
+        for peer, session in list(self._sessions.items()):
             session.close(GoodbyeReason.NORMAL, "leaving the room")
+            self._drain(peer, session)
         self._wake()
 
     def receive(self, peer: PeerId, message: Message) -> None:
@@ -434,7 +437,7 @@ class Room:
                     self._penalize(peer, result.reason)
         if not accepted:
             if resync:
-                session.resync()
+                self._resync(peer, session)
             return
         authors: set[PeerId] = set()
         for envelope in accepted:
@@ -446,7 +449,7 @@ class Room:
             other.forward_new()
         session.acknowledge()
         if resync:
-            session.resync()
+            self._resync(peer, session)
 
     def _judge_and_apply(self, envelope: Envelope, *, trusted: bool) -> set[PeerId]:
         """Apply ``envelope`` if the rules allow; the authors whose updates took effect."""
@@ -576,9 +579,16 @@ class Room:
         if policy is None or policy.is_open:
             self._penalize(peer, "sent a member list for an open room")
             return
+        current = policy.member_list
         try:
             limit = self._protocol_limits.max_descriptor_bytes
             member_list = MemberList.decode(raw, max_bytes=limit)
+            if current is not None and member_list.version < current.version:
+                member_list.verify()  # an honest peer that missed a change: tell it the news
+                session = self._sessions.get(peer)
+                if session is not None:
+                    session.send_members(current.encode())
+                return
             adopted = policy.update_members(member_list)
         except (DecodeError, VerificationError) as exc:
             self._penalize(peer, f"sent an invalid member list: {exc}")
@@ -589,9 +599,10 @@ class Room:
     def _members_changed(self, member_list: MemberList, *, source: PeerId | None) -> None:
         self._emit(MembersChanged(member_list))
         raw = member_list.encode()
-        for peer, session in self._sessions.items():
+        for peer, session in list(self._sessions.items()):
             if peer not in member_list:
                 session.close(GoodbyeReason.NOT_A_MEMBER, "removed from the room's member list")
+                self._drain(peer, session)
             elif peer != source:
                 session.send_members(raw)
         self._wake()
@@ -608,7 +619,7 @@ class Room:
             elif isinstance(event, SyncCompleted):
                 self._emit(PeerSynced(peer))
                 if self._log.gaps():
-                    session.resync()
+                    self._resync(peer, session)
             elif isinstance(event, PeerAcknowledged):
                 acked = event.vector.get(self.peer_id, 0)
                 if acked > self._acked_own:
@@ -622,6 +633,14 @@ class Room:
                 self._emit(SessionEnded(peer, event.reason, event.message, event.by_peer,
                                         event.remote_epoch))
         self._wake()
+
+    def _resync(self, peer: PeerId, session: PeerSession) -> None:
+        """Ask ``peer`` again for what we lack, unless we asked already with this same log:
+        its answer would be the same (a gap nobody can fill must not loop)."""
+        vector = self._log.vector()
+        if self._resynced.get(peer) != vector:
+            self._resynced[peer] = vector
+            session.resync()
 
     def _on_awareness(self, peer: PeerId, payload: bytes) -> None:
         try:

@@ -61,9 +61,11 @@ class RoomNetwork:
     def pump(self, max_deliveries: int = 1_000_000) -> None:
         """Move messages until every queue is empty (random interleaving across links)."""
         for _ in range(max_deliveries):
-            self._collect()
+            events = self._collect()
             busy = [key for key, queue in self._queues.items() if queue]
             if not busy:
+                if events:
+                    continue  # closing a link may have made more output or events
                 return
             src, dst = self.rng.choice(busy)
             data = self._queues[(src, dst)].popleft()
@@ -77,17 +79,21 @@ class RoomNetwork:
             self.delivered += 1
         raise RuntimeError(f"the network did not settle within {max_deliveries} deliveries")
 
-    def _collect(self) -> None:
+    def _collect(self) -> int:
+        """Queue every room's output and record its events; how many events there were."""
+        count = 0
         for peer, room in self.rooms.items():
             for dst, messages in room.outgoing():
                 queue = self._queues.get((peer, dst))
                 if queue is not None:
                     queue.extend(encode_message(message) for message in messages)
             while (event := room.next_event()) is not None:
+                count += 1
                 self.events[peer].append(event)
                 if isinstance(event, SessionEnded) and self.linked(peer, event.peer):
                     # The driver closes the stream once the GOODBYE is out.
                     self._close_after_flush(peer, event.peer)
+        return count
 
     def _close_after_flush(self, a: PeerId, b: PeerId) -> None:
         queue_ab = self._queues.get((a, b))

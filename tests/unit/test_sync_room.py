@@ -343,9 +343,6 @@ def test_removing_a_member_closes_its_session_and_refuses_its_later_writes() -> 
         assert mesh[index].log.seq(mesh.ids[1]) == 0
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "room.py _members_changed closes the removed peer's session but never drains it, so the "
-    "room emits no SessionEnded for it (its driver is never told to close that stream)"))
 def test_removing_a_member_reports_its_session_ended_at_the_other_members() -> None:
     mesh = joined(3, closed=True, members=(1, 2))
     mesh.link(1, 2)
@@ -357,10 +354,6 @@ def test_removing_a_member_reports_its_session_ended_at_the_other_members() -> N
         assert ended == [(mesh.ids[1], GoodbyeReason.NOT_A_MEMBER, False)]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "room.py _on_members: a HELLO carrying an older but validly signed member list (an honest "
-    "peer that missed a change) is scored as misbehaviour; RoomPolicy.update_members raises "
-    "VerificationError for 'older' and the room penalises for every VerificationError"))
 def test_a_member_with_a_stale_member_list_is_not_penalised() -> None:
     mesh = joined(3, closed=True, members=(1, 2))
     mesh.cut(2, 0)
@@ -434,10 +427,6 @@ def test_undecodable_bytes_end_the_session_at_once() -> None:
     assert mesh[0].open_peers() == [] and mesh[1].open_peers() == []
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "testing/rooms.py pump returns while the SessionEnded that _close_after_flush caused at "
-    "the GOODBYE's receiver is still uncollected; a link made before the next pump is then "
-    "closed by that stale event"))
 def test_relinking_right_after_a_closed_session_opens_a_new_one() -> None:
     mesh = joined(2)
     mesh.net.inject(mesh.ids[0], mesh.ids[1], b"\x0a\x03\xff\xff\xff")  # 1 ends the session
@@ -490,11 +479,6 @@ def test_an_envelope_of_another_guid_is_rejected() -> None:
     assert content(mesh[2])["params"] == {"lr": "666"}
 
 
-@pytest.mark.xfail(strict=True, raises=RuntimeError, reason=(
-    "room.py _drain: on SyncCompleted the room sends a new SYNC_STEP1 whenever log.gaps() is "
-    "non-empty, even if the peer just said it has nothing more; a member's validly signed "
-    "envelope ahead of its sequence (a gap nobody can fill) makes every (re)opened session "
-    "ping-pong SYNC_STEP1/SYNC_STEP2 forever"))
 def test_an_envelope_ahead_of_its_authors_sequence_does_not_make_sessions_loop() -> None:
     mesh = joined(3)
     mesh.link(1, 2)
