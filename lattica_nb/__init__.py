@@ -8,6 +8,10 @@ Public API::
         info = await node.connect("/ip4/127.0.0.1/udp/4001/quic-v1/p2p/12D3KooW...")
         rtts = await node.ping(info.peer_id)
 
+    exp = lattica_nb.experiment("sweep")            # a notebook: the kernel's default node
+    exp.log(step=1, loss=0.25)
+    exp = await lattica_nb.experiment_async(node, "sweep")   # on a node's own loop
+
 Names are imported on first use, so ``import lattica_nb`` stays cheap and a
 submodule can be used without loading the whole stack.
 """
@@ -20,6 +24,10 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 _EXPORTS = {
+    "AsyncExperiment": ".sync.experiment",
+    "Experiment": ".sync.experiment",
+    "experiment": ".notebook.session",
+    "experiment_async": ".sync.experiment",
     "LatticaError": ".errors",
     "Multiaddr": ".multiaddr",
     "Node": ".node",
@@ -42,7 +50,9 @@ _EXPORTS = {
 }
 
 __all__ = [
+    "AsyncExperiment",
     "CallContext",
+    "Experiment",
     "LatticaError",
     "Multiaddr",
     "Node",
@@ -62,6 +72,8 @@ __all__ = [
     "StatusCode",
     "Stream",
     "__version__",
+    "experiment",
+    "experiment_async",
 ]
 
 
@@ -81,5 +93,7 @@ if TYPE_CHECKING:
     from .identity import PeerId, PrivateKey, PublicKey
     from .multiaddr import Multiaddr
     from .node import Node, PeerInfo
+    from .notebook.session import experiment
     from .protocols.router import Stream
     from .protocols.rpc import CallContext, RpcClient, RpcConfig, RpcService
+    from .sync.experiment import AsyncExperiment, Experiment, experiment_async
