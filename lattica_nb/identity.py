@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hashlib
 import os
 import pathlib
@@ -99,7 +100,7 @@ class PeerId:
         """The key inlined in an identity multihash; None for a hashed id."""
         if self._bytes[0] != _IDENTITY:
             return None
-        return PublicKey.from_protobuf(self._bytes[2:])
+        return _inline_key(self._bytes[2:])
 
     def short(self) -> str:
         return str(self)[-6:]
@@ -145,6 +146,17 @@ class PeerId:
         return f"PeerId({self})"
 
 
+@functools.lru_cache(maxsize=4096)
+def _inline_key(data: bytes) -> PublicKey:
+    """The key inside an identity peer id, parsed once per key (keys are immutable).
+
+    Peer ids are parsed on every envelope, record and identify message; a room
+    with a handful of authors would otherwise parse the same keys again and again.
+    Invalid keys raise and are not cached.
+    """
+    return PublicKey.from_protobuf(data)
+
+
 def _check_multihash(data: bytes) -> None:
     if len(data) < 2:
         raise DecodeError(f"peer id of {len(data)} bytes is too short to be a multihash")
@@ -161,7 +173,7 @@ def _check_multihash(data: bytes) -> None:
         if length > MAX_INLINE_KEY_BYTES:
             raise DecodeError(f"inline peer id key of {length} bytes exceeds 42")
         try:
-            PublicKey.from_protobuf(data[pos:])
+            _inline_key(data[pos:])
         except DecodeError as exc:
             raise DecodeError(f"identity peer id does not hold a public key: {exc}") from None
     else:
