@@ -7,6 +7,17 @@ decodes frames into :meth:`Room.receive`, and one sender task draining a
 bounded queue of frames. A peer that lets its queue fill up is disconnected;
 it loses nothing, because a new session starts with an exact catch-up.
 
+A peer opens a stream for the room only when it has no link to us, so a
+second stream means one of two things. The peer came back on a new
+connection (it restarted, or lost the old one before we noticed): its stream
+replaces ours if our session was open. Or both sides dialed at once: a stream
+of ours whose dial completes after the peer's stream already opened a session
+is closed unused (the peer then sees no HELLO on it); otherwise the stream
+opened by the smaller peer id wins, which both sides decide alike. A message
+read from a replaced stream never reaches the room. A link that ends without
+a GOODBYE is reported as :class:`SessionEnded` (reason ``OTHER``,
+``by_peer=False``).
+
 Everything here runs on the node's event loop; so do observers, which must
 not block. Edits made on :attr:`RoomDriver.doc` on the loop are picked up by
 the room and sent by the pump task.
@@ -16,6 +27,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -41,8 +53,9 @@ from .events import (
     SessionEnded,
 )
 from .membership import MAX_MEMBER_LIST_BYTES, MemberList
-from .protocol import Message, decode_message, frame_message
+from .protocol import GoodbyeReason, Message, decode_message, frame_message
 from .room import Room, RoomStatus
+from .session import SessionState
 from .storage import RoomFile, RoomStore
 
 __all__ = ["RoomDriver", "decode_header", "encode_header"]
@@ -50,6 +63,7 @@ __all__ = ["RoomDriver", "decode_header", "encode_header"]
 logger = logging.getLogger(__name__)
 
 Observer = Callable[[RoomEvent], None]
+MessageObserver = Callable[[PeerId, Message], None]
 _CLOSE_GRACE_S = 2.0
 
 
@@ -74,14 +88,18 @@ def decode_header(header: bytes) -> tuple[str, RoomDescriptor, MemberList | None
 class _Link:
     """One peer's stream in one room: a reader task and a sender with a bounded queue."""
 
-    def __init__(self, peer: PeerId, stream: Stream, capacity: int) -> None:
+    def __init__(self, peer: PeerId, stream: Stream, capacity: int, *, outbound: bool) -> None:
         self.peer = peer
         self.stream = stream
+        self.outbound = outbound
+        """We opened the stream (else the peer did)."""
         send, receive = anyio.create_memory_object_stream[bytes](capacity)
         self.queue: MemoryObjectSendStream[bytes] = send
         self.outgoing: MemoryObjectReceiveStream[bytes] = receive
         self.scope = anyio.CancelScope()
         self.done = anyio.Event()
+        self.redial = False
+        """Open a new stream once this one is closed (it was dropped for falling behind)."""
 
     def push(self, messages: list[Message]) -> bool:
         """Queue frames for the sender; False if the queue is full (the peer is too slow)."""
@@ -106,7 +124,10 @@ class RoomDriver:
         *,
         store: RoomStore | None,
         file: RoomFile | None,
+        relink: Callable[[PeerId], None] | None = None,
     ) -> None:
+        """``relink(peer)`` is asked to open a new stream to a peer whose link was
+        dropped because it fell behind (the new session catches it up exactly)."""
         self.name = name
         self.room = room
         self._config = config
@@ -114,11 +135,17 @@ class RoomDriver:
         self._file = file
         self._links: dict[PeerId, _Link] = {}
         self._observers: list[Observer] = []
+        self._message_observers: list[MessageObserver] = []
+        self._relink = relink
+        self._lost: deque[SessionEnded] = deque()
         self._banned_until: dict[PeerId, float] = {}
         self._kick = anyio.Event()
         self._closed = False
         self.joined = anyio.Event()
         self.stopped = anyio.Event()
+        """Set when the room starts leaving (nothing new is linked from then on)."""
+        self.finished = anyio.Event()
+        """Set once :meth:`run` returned: GOODBYEs sent, links and the room's file closed."""
         if room.descriptor is not None:
             self.joined.set()
         room.set_wakeup(self._wake)
@@ -149,6 +176,23 @@ class RoomDriver:
 
         return unsubscribe
 
+    def observe_received(self, observer: MessageObserver) -> Callable[[], None]:
+        """Call ``observer(peer, message)`` for every message a peer sent, before the room
+        handles it (a protocol trace: count frames, envelopes, catch-up sizes); returns an
+        unsubscribe."""
+        self._message_observers.append(observer)
+
+        def unsubscribe() -> None:
+            if observer in self._message_observers:
+                self._message_observers.remove(observer)
+
+        return unsubscribe
+
+    @property
+    def closing(self) -> bool:
+        """The room is leaving or gone (:meth:`stop` was called)."""
+        return self._closed
+
     def is_banned(self, peer: PeerId) -> bool:
         return self._banned_until.get(peer, 0.0) > anyio.current_time()
 
@@ -166,12 +210,15 @@ class RoomDriver:
         finally:
             self._closed = True
             self.stopped.set()
-            with anyio.move_on_after(_CLOSE_GRACE_S, shield=True):
-                await self._say_goodbye()
-            for link in list(self._links.values()):
-                self._drop(link)
-            if self._file is not None:
-                self._file.close()
+            try:
+                with anyio.move_on_after(_CLOSE_GRACE_S, shield=True):
+                    await self._say_goodbye()
+                for link in list(self._links.values()):
+                    self._drop(link)
+            finally:
+                if self._file is not None:
+                    self._file.close()
+                self.finished.set()
 
     def stop(self) -> None:
         """Leave the room (the run task finishes the goodbyes and returns)."""
@@ -194,23 +241,40 @@ class RoomDriver:
         """
         if self._closed or self.is_banned(peer):
             return None
+        outbound = first is None
         old = self._links.get(peer)
         if old is not None:
-            if first is not None and self.room.peer_id < peer:
-                return None  # both dialed: the stream opened by the smaller peer id wins
+            replaces = self._replaces(old, stream, outbound=outbound)
+            logger.debug("room %s: a second stream with %s (%s): %s", self.name, peer.short(),
+                         "ours" if outbound else "theirs",
+                         "it replaces the first" if replaces else "refused")
+            if not replaces:
+                return None
             self._drop(old)
-        link = _Link(peer, stream, self._config.sender_queue_messages)
+        link = _Link(peer, stream, self._config.sender_queue_messages, outbound=outbound)
         self._links[peer] = link
-        if first is None:
+        if outbound:
             self.room.connect(peer)
             self.pump()
         return link
+
+    def _replaces(self, old: _Link, stream: Stream, *, outbound: bool) -> bool:
+        """Whether a new ``stream`` to ``old.peer`` replaces ``old`` (see the module docs)."""
+        session = self.room.sessions().get(old.peer)
+        if session is not None and session.is_open:
+            if outbound and not old.outbound:
+                return False  # the peer's stream came first and already works: keep it
+            if not outbound and stream.connection is not old.stream.connection:
+                return True  # the peer came back on a new connection: it lost the old one
+        if old.outbound == outbound:
+            return True
+        # Both dialed at once: the stream opened by the smaller peer id wins on both sides.
+        return outbound == (self.room.peer_id < old.peer)
 
     # -- the link tasks ---------------------------------------------------------------------
 
     async def serve(self, link: _Link, reader: FrameReader, first: Message | None) -> None:
         """Run a link from :meth:`attach` until it ends (its stream is closed on return)."""
-        peer = link.peer
         try:
             with link.scope:
                 async with anyio.create_task_group() as tg:
@@ -218,29 +282,51 @@ class RoomDriver:
                     await self._read_loop(link, reader, first)
                     tg.cancel_scope.cancel()
         finally:
-            if self._links.get(peer) is link:
-                del self._links[peer]
-                self.room.disconnect(peer)
-                self.pump()
+            self._forget(link, "the stream closed without a GOODBYE")
+            self.pump()
             with anyio.move_on_after(_CLOSE_GRACE_S, shield=True):
                 await link.stream.aclose()
             link.done.set()
+            # Only now: the peer sees this stream end before our next one begins, so it
+            # does not take the new stream for a second one (see _replaces).
+            if link.redial and self._relink is not None and not self._closed:
+                self._relink(link.peer)
 
     async def _read_loop(self, link: _Link, reader: FrameReader, first: Message | None) -> None:
         peer, limits = link.peer, self._config.protocol_limits
         try:
             if first is not None:
-                self.room.receive(peer, first)
-                self.pump()
+                self._receive(link, first)
             limit = limits.max_message_bytes
             while (data := await reader.read_or_none(max_bytes=limit)) is not None:
-                self.room.receive(peer, decode_message(data, limits))
-                self.pump()
+                if not self._receive(link, decode_message(data, limits)):
+                    return
         except DecodeError as exc:
-            self.room.protocol_error(peer, exc)
-            self.pump()
+            if self._links.get(peer) is link:
+                self.room.protocol_error(peer, exc)
+                self.pump()
         except (TransportError, anyio.BrokenResourceError, anyio.ClosedResourceError) as exc:
             logger.debug("room %s: link to %s ended: %s", self.name, peer.short(), exc)
+
+    def _receive(self, link: _Link, message: Message) -> bool:
+        """Hand ``message`` to the room; False if ``link`` is no longer the peer's link.
+
+        The room keeps one session per peer, so a replaced link's reader must not
+        deliver even one more message (the new session would take it). It can:
+        anyio lets a task whose read already completed run on after its scope was
+        cancelled, and a buffered frame is read without a checkpoint.
+        """
+        peer = link.peer
+        if self._links.get(peer) is not link:
+            return False
+        for observer in list(self._message_observers):
+            try:
+                observer(peer, message)
+            except Exception:  # an observer's bug must not stop the room
+                logger.exception("room %s: message observer failed", self.name)
+        self.room.receive(peer, message)
+        self.pump()
+        return True
 
     async def _send_loop(self, link: _Link) -> None:
         try:
@@ -252,12 +338,22 @@ class RoomDriver:
             logger.debug("room %s: sending to %s failed: %s", self.name, link.peer.short(), exc)
         link.scope.cancel()
 
-    def _drop(self, link: _Link) -> None:
-        if self._links.get(link.peer) is link:
-            del self._links[link.peer]
-            self.room.disconnect(link.peer)
+    def _drop(self, link: _Link, why: str | None = None) -> None:
+        """End ``link`` now; ``why`` (if its session was still open) is reported to observers."""
+        self._forget(link, why)
         link.queue.close()
         link.scope.cancel()
+
+    def _forget(self, link: _Link, why: str | None) -> None:
+        """Remove ``link`` if it is still the peer's link; its session ends with it."""
+        peer = link.peer
+        if self._links.get(peer) is not link:
+            return
+        del self._links[peer]
+        session = self.room.sessions().get(peer)
+        self.room.disconnect(peer)
+        if why is not None and session is not None and session.state is not SessionState.CLOSED:
+            self._lost.append(SessionEnded(peer, GoodbyeReason.OTHER, why, by_peer=False))
 
     # -- pumping ----------------------------------------------------------------------------
 
@@ -272,17 +368,23 @@ class RoomDriver:
             if link is None:
                 continue
             if not link.push(messages):
+                limit = self._config.sender_queue_messages
                 logger.warning("room %s: %s fell %d messages behind; disconnected (it catches "
-                               "up when it reconnects)", self.name, peer.short(),
-                               self._config.sender_queue_messages)
-                self._drop(link)
+                               "up on a new stream)", self.name, peer.short(), limit)
+                link.redial = True
+                self._drop(link, f"fell more than {limit} messages behind")
         while (event := room.next_event()) is not None:
-            self._handle(event)
-            for observer in list(self._observers):
-                try:
-                    observer(event)
-                except Exception:  # an observer's bug must not stop the room
-                    logger.exception("room %s: observer failed", self.name)
+            self._dispatch(event)
+        while self._lost:
+            self._dispatch(self._lost.popleft())
+
+    def _dispatch(self, event: RoomEvent) -> None:
+        self._handle(event)
+        for observer in list(self._observers):
+            try:
+                observer(event)
+            except Exception:  # an observer's bug must not stop the room
+                logger.exception("room %s: observer failed", self.name)
 
     def _handle(self, event: RoomEvent) -> None:
         if isinstance(event, EnvelopesStored):

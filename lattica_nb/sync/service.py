@@ -48,6 +48,8 @@ __all__ = ["Sync"]
 logger = logging.getLogger(__name__)
 
 _HELLO_TIMEOUT_S = 10.0
+_CLOSE_GRACE_S = 5.0
+"""How long closing a room waits for its GOODBYEs to be sent and its file closed."""
 
 
 class Sync:
@@ -63,6 +65,7 @@ class Sync:
         self._dialing: set[tuple[bytes, PeerId]] = set()
         self._not_serving: set[tuple[bytes, PeerId]] = set()
         self._pending_files: dict[bytes, RoomFile] = {}
+        self._opening: dict[bytes, anyio.Lock] = {}
 
     @property
     def peer_id(self) -> PeerId:
@@ -109,9 +112,26 @@ class Sync:
         ``closed``/``members``: a new closed room and its member list.
         """
         rid = room_id(mesh or self.config.mesh, name)
-        existing = self._rooms.get(rid)
-        if existing is not None:
-            return existing
+        async with self._opening.setdefault(rid, anyio.Lock()):
+            # A second open of the same room waits for the first and gets its driver.
+            existing = self._rooms.get(rid)
+            if existing is not None:
+                return existing
+            return await self._open(name, rid, create=create, owner=owner, closed=closed,
+                                    members=members, rules=rules, join_timeout_s=join_timeout_s)
+
+    async def _open(
+        self,
+        name: str,
+        rid: bytes,
+        *,
+        create: bool | None,
+        owner: PeerId | str | None,
+        closed: bool,
+        members: Iterable[PeerId | str],
+        rules: Mapping[str, WriteRule],
+        join_timeout_s: float | None,
+    ) -> RoomDriver:
         pinned = PeerId.from_string(owner) if isinstance(owner, str) else owner
         member_ids = [PeerId.from_string(m) if isinstance(m, str) else m for m in members]
         limits = self.config.room_limits
@@ -159,7 +179,8 @@ class Sync:
         if tg is None:
             raise LocalProtocolError("room sync is not running on this node")
         file = self._pending_files.pop(room.room_id, None)
-        driver = RoomDriver(name, room, self.config, store=self._store, file=file)
+        driver = RoomDriver(name, room, self.config, store=self._store, file=file,
+                            relink=lambda peer: self._link(driver, peer))
         if file is None and room.descriptor is not None and self._store is not None:
             driver.create_file()
         self._rooms[room.room_id] = driver
@@ -169,7 +190,11 @@ class Sync:
         return driver
 
     async def close(self, driver: RoomDriver) -> None:
-        """Leave a room: GOODBYE to its peers, stop announcing it, close its file."""
+        """Leave a room: GOODBYE to its peers, stop announcing it, close its file.
+
+        Returns once the room's file is closed (the room can be opened again
+        at once), or after a few seconds if a peer does not take its GOODBYE.
+        """
         if self._rooms.get(driver.room_id) is driver:
             del self._rooms[driver.room_id]
         driver.stop()
@@ -177,6 +202,16 @@ class Sync:
             self._node.dht.stop_providing(driver.room_id)
         except LatticaError:
             pass
+        with anyio.move_on_after(_CLOSE_GRACE_S, shield=True):
+            await driver.finished.wait()
+
+    async def aclose(self) -> None:
+        """Leave every room (GOODBYE to each peer) before the node closes its connections."""
+        drivers = list(self._rooms.values())
+        with anyio.move_on_after(_CLOSE_GRACE_S, shield=True):
+            async with anyio.create_task_group() as tg:
+                for driver in drivers:
+                    tg.start_soon(self.close, driver)
 
     # -- finding members --------------------------------------------------------------------
 
@@ -184,18 +219,23 @@ class Sync:
         """Announce the room and link to its members, now and every discovery interval."""
         rid = driver.room_id
         provided = False
-        while self._rooms.get(rid) is driver:
-            candidates = set(self._connected_speakers())
+        while self._rooms.get(rid) is driver and not driver.closing:
+            for peer in self._connected_speakers():
+                self._link(driver, peer)
             try:
                 dht = self._node.dht
                 if not provided and driver.joined.is_set():
-                    await dht.provide(rid)
-                    provided = True
-                candidates |= {p.peer_id for p in await dht.find_providers(rid)}
+                    # Announced again every round until some peer stored it (a node
+                    # that opens a room before it knows any DHT server tells nobody).
+                    provided = await dht.provide(rid) > 0
+                for provider in await dht.find_providers(rid):
+                    if provider.peer_id == self.peer_id:
+                        continue
+                    if provider.addrs:  # a record from our own store came through no query
+                        self._node.add_addresses(provider.peer_id, provider.addrs)
+                    self._link(driver, provider.peer_id)
             except LatticaError as exc:
                 logger.debug("room %s: DHT lookup failed: %s", driver.name, exc)
-            for peer in candidates:
-                self._link(driver, peer)
             with anyio.move_on_after(self.config.discovery_interval_s):
                 await driver.stopped.wait()
 
@@ -214,9 +254,13 @@ class Sync:
 
     def _link(self, driver: RoomDriver, peer: PeerId) -> None:
         key = (driver.room_id, peer)
-        if (peer == self.peer_id or driver.linked(peer) or driver.is_banned(peer)
-                or key in self._dialing or key in self._not_serving or self._tg is None):
+        if (peer == self.peer_id or driver.closing or driver.linked(peer)
+                or driver.is_banned(peer) or key in self._dialing or key in self._not_serving
+                or self._tg is None):
             return
+        policy = driver.room.policy
+        if policy is not None and not policy.is_member(peer):
+            return  # a closed room shows not even its HELLO (descriptor, members) to outsiders
         self._dialing.add(key)
         self._tg.start_soon(self._dial, driver, peer)
 
@@ -234,7 +278,12 @@ class Sync:
         if link is None:
             await stream.aclose()
             return
-        await driver.serve(link, reader, None)
+        try:
+            await driver.serve(link, reader, None)
+        except anyio.get_cancelled_exc_class():
+            raise
+        except Exception:  # a bug in one link must not take the node down (as the router does)
+            logger.exception("room %s: the link to %s failed", driver.name, peer.short())
 
     def _on_room_event(self, driver: RoomDriver, event: RoomEvent) -> None:
         if (isinstance(event, SessionEnded) and event.by_peer
