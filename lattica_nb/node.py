@@ -132,6 +132,8 @@ class Node:
 
                 self._sync = Sync(self, self._identity, cfg.sync)
                 await self._tg.start(self._sync.run)
+                # Unwinds before the transports close: rooms say GOODBYE on live connections.
+                stack.push_async_callback(self._sync.aclose)
             for addr in cfg.bootstrap_addrs:
                 self._tg.start_soon(self._bootstrap, addr)
         except BaseException as exc:

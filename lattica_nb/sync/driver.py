@@ -284,6 +284,8 @@ class RoomDriver:
         finally:
             self._forget(link, "the stream closed without a GOODBYE")
             self.pump()
+            link.queue.close()
+            link.outgoing.close()
             with anyio.move_on_after(_CLOSE_GRACE_S, shield=True):
                 await link.stream.aclose()
             link.done.set()

@@ -534,6 +534,8 @@ class Room:
                 member_list = self._hello_members(descriptor, hello.members)
             except (DecodeError, VerificationError) as exc:
                 return GoodbyeReason.GUID_MISMATCH, str(exc)
+            if member_list is not None and self.peer_id not in member_list:
+                return GoodbyeReason.NOT_A_MEMBER, "we are not on this closed room's member list"
             self._adopt(descriptor, member_list)
             self._emit(DocumentJoined(descriptor))
             for update in self._backlog:

@@ -417,8 +417,6 @@ async def test_a_closed_room_refuses_a_non_member_over_the_network() -> None:
             assert room_a.status().peers == (b.peer_id,)
 
 
-@pytest.mark.xfail(strict=True, reason="room.py adopts a closed room's descriptor from a HELLO "
-                   "whose member list leaves us out (Room._check_hello); see report")
 async def test_a_non_member_shown_a_members_hello_does_not_join() -> None:
     with anyio.fail_after(10):
         async with Node(node_config()) as a, Node(node_config()) as b, \
@@ -538,8 +536,6 @@ async def test_closing_a_room_says_goodbye_and_frees_its_file(tmp_path: Path) ->
             assert reopened is not room_a and rows(reopened, a.peer_id) == ["a-0"]
 
 
-@pytest.mark.xfail(strict=True, reason="node.py closes its connections before node.sync can "
-                   "say GOODBYE (the transports unwind before the sync service); see report")
 async def test_node_shutdown_says_goodbye() -> None:
     with anyio.fail_after(15):
         async with Node(node_config()) as b:
