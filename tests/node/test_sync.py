@@ -195,6 +195,33 @@ async def test_create_join_and_edit_both_ways() -> None:
             assert a.sync.room(ROOM) is room_a and await a.sync.open(ROOM) is room_a
 
 
+async def test_two_joiners_that_met_without_the_document_link_once_one_has_it() -> None:
+    # B and C both join at once; only C can reach the owner A. Their first session ends
+    # with NO_DOCUMENT; once C has the document it links to B again at once (discovery
+    # is slowed to a minute and the DHT is off, so nothing else could bring B in).
+    slow = {"discovery_interval_s": 60.0, "join_timeout_s": 8.0,
+            "dht": DhtConfig(enabled=False)}
+    with anyio.fail_after(20):
+        async with Node(node_config(**slow)) as a, Node(node_config(**slow)) as b, \
+                Node(node_config(**slow)) as c:
+            room_a = await a.sync.open(ROOM, create=True)
+            append_rows(room_a, ["a-0"])
+            await c.connect(addr(a))
+            await b.connect(addr(c))
+            opened: dict[str, RoomDriver] = {}
+
+            async def join(name: str, node: Node) -> None:
+                opened[name] = await node.sync.open(ROOM, create=False)
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(join, "b", b)
+                tg.start_soon(join, "c", c)
+            room_b = opened["b"]
+            assert not b.is_connected(a.peer_id)
+            assert room_b.status().guid == room_a.status().guid
+            await Watch(room_a, room_b).until(lambda: rows(room_b, a.peer_id) == ["a-0"])
+
+
 async def test_late_joiner_catches_up_from_a_member_when_the_owner_is_gone() -> None:
     with anyio.fail_after(20):
         async with Node(node_config()) as b, Node(node_config()) as c:
