@@ -134,6 +134,7 @@ class RoomDriver:
         self._store = store
         self._file = file
         self._links: dict[PeerId, _Link] = {}
+        self._no_document: set[PeerId] = set()
         self._observers: list[Observer] = []
         self._message_observers: list[MessageObserver] = []
         self._relink = relink
@@ -261,7 +262,9 @@ class RoomDriver:
     def _replaces(self, old: _Link, stream: Stream, *, outbound: bool) -> bool:
         """Whether a new ``stream`` to ``old.peer`` replaces ``old`` (see the module docs)."""
         session = self.room.sessions().get(old.peer)
-        if session is not None and session.is_open:
+        if session is None or session.state is SessionState.CLOSED:
+            return True  # the old link is only winding down (its session ended)
+        if session.is_open:
             if outbound and not old.outbound:
                 return False  # the peer's stream came first and already works: keep it
             if not outbound and stream.connection is not old.stream.connection:
@@ -397,14 +400,29 @@ class RoomDriver:
         elif isinstance(event, DocumentJoined):
             self.create_file()
             self.joined.set()
+            self._link_again_after_joining()
         elif isinstance(event, MembersChanged):
             self._compact()
         elif isinstance(event, SessionEnded):
+            if event.reason is GoodbyeReason.NO_DOCUMENT:
+                self._no_document.add(event.peer)
+                if self.joined.is_set():  # we got the document meanwhile: try again at once
+                    self._link_again_after_joining()
             link = self._links.get(event.peer)
             if link is not None:
                 link.queue.close()  # the sender ends after the GOODBYE, then the stream closes
         elif isinstance(event, PeerMisbehaved) and event.closed:
             self._banned_until[event.peer] = anyio.current_time() + self._config.ban_s
+
+    def _link_again_after_joining(self) -> None:
+        """Peers that were joining too ended their sessions with NO_DOCUMENT: link again now."""
+        peers, self._no_document = self._no_document, set()
+        for peer in peers:
+            link = self._links.get(peer)
+            if link is not None:
+                link.redial = True  # once its stream is closed
+            elif self._relink is not None and not self._closed:
+                self._relink(peer)
 
     # -- the room's file --------------------------------------------------------------------
 
