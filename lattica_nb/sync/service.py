@@ -31,7 +31,7 @@ from ..wire.framing import FrameReader, write_frame
 from .config import SyncConfig
 from .driver import RoomDriver, decode_header
 from .envelope import room_id
-from .events import DocumentJoined, RoomEvent, SessionEnded
+from .events import RoomEvent, SessionEnded
 from .membership import WriteRule
 from .protocol import PROTOCOL_ID, Goodbye, GoodbyeReason, Hello, decode_message, encode_message
 from .room import Room
@@ -289,11 +289,6 @@ class Sync:
         if (isinstance(event, SessionEnded) and event.by_peer
                 and event.reason is GoodbyeReason.UNKNOWN_ROOM):
             self._not_serving.add((driver.room_id, event.peer))
-        elif isinstance(event, DocumentJoined):
-            # Peers that were joining too ended their sessions with NO_DOCUMENT: now we
-            # have the document, link to every connected peer again rather than wait a round.
-            for peer in self._connected_speakers():
-                self._link(driver, peer)
 
     # -- inbound streams --------------------------------------------------------------------
 
