@@ -24,17 +24,15 @@ import functools
 import importlib.util
 import json
 import os
-import selectors
 import subprocess
-import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Any
+from typing import Any
 
-from lattica_nb.errors import LatticaError, TimeoutError
+from lattica_nb.testing.lines import STOP_GRACE_S, ForeignPeerError, LineProcess
 
 __all__ = [
     "PYLIBP2P_PYTHON_ENV",
@@ -50,13 +48,7 @@ PYLIBP2P_PYTHON_ENV = "LATTICA_NB_PYLIBP2P_PYTHON"
 """Environment variable naming the python of a virtualenv with ``libp2p`` installed."""
 
 PYLIBP2P_VERSION = "0.8.1"
-STDERR_TAIL_BYTES = 2000
-STOP_GRACE_S = 10.0
 PROBE_TIMEOUT_S = 30.0
-
-
-class ForeignPeerError(LatticaError):
-    """A foreign peer process failed, exited, or answered a command with an error."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,36 +74,16 @@ class PeerProcess:
     def __init__(
         self, argv: Sequence[str], *, env: Mapping[str, str] | None = None, name: str = "peer"
     ) -> None:
-        if not argv:
-            raise ValueError("PeerProcess needs a command line (argv is empty)")
-        self.argv = list(argv)
+        self._lines = LineProcess(argv, name=name, env=env)
+        self.argv = self._lines.argv
         self.name = name
-        self._env = dict(env) if env is not None else None
-        self._proc: subprocess.Popen[bytes] | None = None
-        self._stderr: IO[bytes] | None = None
-        self._selector: selectors.DefaultSelector | None = None
-        self._buffer = b""
         self._ready: PeerReady | None = None
 
     # -- lifecycle ----------------------------------------------------------------------
     def start(self, timeout_s: float = 30.0) -> PeerReady:
         """Start the process and wait for its ready line."""
-        if self._proc is not None:
-            raise ForeignPeerError(f"{self.name} was already started")
-        self._stderr = tempfile.TemporaryFile(prefix=f"{self.name}-stderr-")
-        self._proc = subprocess.Popen(
-            self.argv,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=self._stderr,
-            env=self._env,
-            bufsize=0,
-        )
-        if self._proc.stdout is None:  # pragma: no cover - Popen with PIPE always has it
-            raise ForeignPeerError(f"{self.name}: no stdout pipe")
-        self._selector = selectors.DefaultSelector()
-        self._selector.register(self._proc.stdout, selectors.EVENT_READ)
-        line = self._read_line(time.monotonic() + timeout_s, "its ready line")
+        self._lines.start()
+        line = self._lines.read_line(time.monotonic() + timeout_s, "its ready line")
         try:
             announced = json.loads(line)
             self._ready = PeerReady(
@@ -120,7 +92,7 @@ class PeerProcess:
             )
         except (ValueError, KeyError, TypeError) as exc:
             raise ForeignPeerError(
-                f"{self.name} announced {line!r}, not a ready line{self._stderr_note()}"
+                f"{self.name} announced {line!r}, not a ready line{self._lines.stderr_note()}"
             ) from exc
         return self._ready
 
@@ -132,29 +104,13 @@ class PeerProcess:
 
     @property
     def pid(self) -> int:
-        if self._proc is None:
-            raise ForeignPeerError(f"{self.name} has not started; call start() first")
-        return self._proc.pid
+        return self._lines.pid
 
     def request(self, command: Mapping[str, Any], timeout_s: float = 30.0) -> dict[str, Any]:
         """Send one command and return its reply; raise if the peer reports an error."""
-        proc = self._proc
-        if proc is None or proc.stdin is None:
-            raise ForeignPeerError(f"{self.name} has not started; call start() first")
-        try:
-            proc.stdin.write(json.dumps(dict(command)).encode("utf-8") + b"\n")
-            proc.stdin.flush()
-        except OSError as exc:
-            raise ForeignPeerError(
-                f"{self.name} stopped reading commands ({exc}){self._stderr_note()}"
-            ) from exc
-        line = self._read_line(time.monotonic() + timeout_s, f"a reply to {command.get('cmd')!r}")
-        try:
-            reply = json.loads(line)
-        except ValueError as exc:
-            raise ForeignPeerError(f"{self.name} replied {line!r}, not JSON") from exc
-        if not isinstance(reply, dict):
-            raise ForeignPeerError(f"{self.name} replied {line!r}, not a JSON object")
+        self._lines.write_line(json.dumps(dict(command)))
+        what = f"a reply to {command.get('cmd')!r}"
+        reply = self._lines.read_object(time.monotonic() + timeout_s, what)
         if not reply.get("ok", False):
             raise ForeignPeerError(
                 f"{self.name} could not do {command.get('cmd')!r}: {reply.get('error')}"
@@ -163,45 +119,11 @@ class PeerProcess:
 
     def close(self, timeout_s: float = STOP_GRACE_S) -> int | None:
         """Ask the peer to quit; kill it if it has not exited in ``timeout_s``."""
-        proc = self._proc
-        if proc is None:
-            return None
-        try:
-            if proc.poll() is None and proc.stdin is not None:
-                try:
-                    proc.stdin.write(b'{"cmd": "quit"}\n')
-                    proc.stdin.flush()
-                    proc.stdin.close()
-                except OSError:
-                    pass
-                try:
-                    proc.wait(timeout=timeout_s)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait(timeout=timeout_s)
-            return proc.returncode
-        finally:
-            if self._selector is not None:
-                self._selector.close()
-            if proc.stdout is not None:
-                proc.stdout.close()
-            if proc.stdin is not None and not proc.stdin.closed:
-                try:
-                    proc.stdin.close()
-                except OSError:
-                    pass
-            if self._stderr is not None:
-                self._stderr.close()
-            self._proc = None
+        return self._lines.close(timeout_s)
 
     def stderr_tail(self) -> str:
         """The last lines the peer wrote to stderr (for diagnostics)."""
-        if self._stderr is None or self._stderr.closed:
-            return ""
-        self._stderr.flush()
-        size = self._stderr.seek(0, os.SEEK_END)
-        self._stderr.seek(max(0, size - STDERR_TAIL_BYTES))
-        return self._stderr.read().decode("utf-8", "replace")
+        return self._lines.stderr_tail()
 
     def __enter__(self) -> PeerProcess:
         return self
@@ -213,34 +135,6 @@ class PeerProcess:
         tb: TracebackType | None,
     ) -> None:
         self.close()
-
-    # -- reading ------------------------------------------------------------------------
-    def _read_line(self, deadline: float, waiting_for: str) -> str:
-        proc, selector = self._proc, self._selector
-        if proc is None or proc.stdout is None or selector is None:
-            raise ForeignPeerError(f"{self.name} has not started; call start() first")
-        while b"\n" not in self._buffer:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise TimeoutError(
-                    f"{self.name} did not send {waiting_for} in time{self._stderr_note()}"
-                )
-            if not selector.select(remaining):
-                continue
-            chunk = os.read(proc.stdout.fileno(), 65536)
-            if not chunk:
-                code = proc.wait(timeout=STOP_GRACE_S)
-                raise ForeignPeerError(
-                    f"{self.name} exited (code {code}) before sending {waiting_for}"
-                    f"{self._stderr_note()}"
-                )
-            self._buffer += chunk
-        line, self._buffer = self._buffer.split(b"\n", 1)
-        return line.decode("utf-8", "replace")
-
-    def _stderr_note(self) -> str:
-        tail = self.stderr_tail().strip()
-        return f"; its stderr ends with:\n{tail}" if tail else ""
 
 
 # -- availability of the foreign implementations -------------------------------------------

@@ -39,20 +39,18 @@ import json
 import os
 import re
 import secrets
-import selectors
 import shutil
 import subprocess
-import tempfile
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from enum import IntEnum
 from pathlib import Path
 from types import ModuleType, TracebackType
-from typing import IO, Any
+from typing import Any
 
-from lattica_nb.errors import DecodeError, TimeoutError
-from lattica_nb.testing.foreign_peers import ForeignPeerError
+from lattica_nb.errors import DecodeError
+from lattica_nb.testing.lines import STOP_GRACE_S, ForeignPeerError, LineProcess
 
 __all__ = [
     "NODE_ENV",
@@ -91,8 +89,6 @@ CLIENT_ID_LIMIT = 2**32
 MESSAGE_Y_SYNC = 0
 """y-websocket's outer message type of a sync message (pycrdt's ``YMessageType.SYNC``)."""
 
-STDERR_TAIL_BYTES = 2000
-STOP_GRACE_S = 10.0
 PROBE_TIMEOUT_S = 30.0
 MAX_VARUINT_BYTES = 5
 
@@ -227,37 +223,17 @@ class YjsNodePeer:
         name: str = "yjs-node",
     ) -> None:
         self.name = name
-        self._argv = [str(node) if node is not None else _node_or_default(), str(script)]
+        argv = [str(node) if node is not None else _node_or_default(), str(script)]
         if client_id is not None:
-            self._argv += ["--client-id", str(_check_client_id(client_id))]
-        self._proc: subprocess.Popen[bytes] | None = None
-        self._stderr: IO[bytes] | None = None
-        self._selector: selectors.DefaultSelector | None = None
-        self._buffer = b""
+            argv += ["--client-id", str(_check_client_id(client_id))]
+        self._lines = LineProcess(argv, name=name, cwd=YJS_NODE_DIR)
         self._ready: NodeReady | None = None
 
     # -- lifecycle ----------------------------------------------------------------------
     def start(self, timeout_s: float = 30.0) -> NodeReady:
         """Start the client and wait for its ready line."""
-        if self._proc is not None:
-            raise ForeignPeerError(f"{self.name} was already started")
-        self._stderr = tempfile.TemporaryFile(prefix=f"{self.name}-stderr-")
-        try:
-            self._proc = subprocess.Popen(
-                self._argv,
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                stderr=self._stderr,
-                cwd=YJS_NODE_DIR,
-                bufsize=0,
-            )
-        except OSError as exc:
-            raise ForeignPeerError(f"could not start {self.name} ({self._argv}): {exc}") from exc
-        if self._proc.stdout is None:  # pragma: no cover - Popen with PIPE always has it
-            raise ForeignPeerError(f"{self.name}: no stdout pipe")
-        self._selector = selectors.DefaultSelector()
-        self._selector.register(self._proc.stdout, selectors.EVENT_READ)
-        line = self._read_object(time.monotonic() + timeout_s, "its ready line")
+        self._lines.start()
+        line = self._lines.read_object(time.monotonic() + timeout_s, "its ready line")
         try:
             if line.get("ready") is not True:
                 raise ValueError("no ready flag")
@@ -267,7 +243,7 @@ class YjsNodePeer:
             )
         except (ValueError, KeyError, TypeError) as exc:
             raise ForeignPeerError(
-                f"{self.name} announced {line!r}, not a ready line{self._stderr_note()}"
+                f"{self.name} announced {line!r}, not a ready line{self._lines.stderr_note()}"
             ) from exc
         return self._ready
 
@@ -283,40 +259,11 @@ class YjsNodePeer:
 
     def close(self, timeout_s: float = STOP_GRACE_S) -> int | None:
         """Ask the client to quit (closing its stdin); kill it if it outlives ``timeout_s``."""
-        proc = self._proc
-        if proc is None:
-            return None
-        try:
-            if proc.stdin is not None:
-                try:
-                    if proc.poll() is None:
-                        proc.stdin.write(b'{"cmd": "quit"}\n')
-                    proc.stdin.close()
-                except OSError:
-                    pass
-            try:
-                proc.wait(timeout=timeout_s)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=timeout_s)
-            return proc.returncode
-        finally:
-            if self._selector is not None:
-                self._selector.close()
-            if proc.stdout is not None:
-                proc.stdout.close()
-            if self._stderr is not None:
-                self._stderr.close()
-            self._proc = None
+        return self._lines.close(timeout_s)
 
     def stderr_tail(self) -> str:
         """The last lines the client wrote to stderr (for diagnostics)."""
-        if self._stderr is None or self._stderr.closed:
-            return ""
-        self._stderr.flush()
-        size = self._stderr.seek(0, os.SEEK_END)
-        self._stderr.seek(max(0, size - STDERR_TAIL_BYTES))
-        return self._stderr.read().decode("utf-8", "replace")
+        return self._lines.stderr_tail()
 
     def __enter__(self) -> YjsNodePeer:
         return self
@@ -332,8 +279,7 @@ class YjsNodePeer:
     # -- inputs -------------------------------------------------------------------------
     def request(self, command: Mapping[str, Any], timeout_s: float = 30.0) -> YjsReply:
         """Send one input line; return the reply and the messages sent before it."""
-        proc = self._proc
-        if proc is None or proc.stdin is None:
+        if not self._lines.started:
             raise ForeignPeerError(f"{self.name} has not started; call start() first")
         try:
             line = json.dumps(dict(command), allow_nan=False)
@@ -342,18 +288,12 @@ class YjsNodePeer:
                 f"{command.get('cmd', command.get('type'))!r} carries a value JSON cannot hold "
                 f"(NaN or infinity): {exc}"
             ) from exc
-        try:
-            proc.stdin.write(line.encode("utf-8") + b"\n")
-            proc.stdin.flush()
-        except OSError as exc:
-            raise ForeignPeerError(
-                f"{self.name} stopped reading input ({exc}){self._stderr_note()}"
-            ) from exc
+        self._lines.write_line(line)
         what = command.get("cmd", command.get("type"))
         deadline = time.monotonic() + timeout_s
         messages: list[YjsMessage] = []
         while True:
-            received = self._read_object(deadline, f"a reply to {what!r}")
+            received = self._lines.read_object(deadline, f"a reply to {what!r}")
             if "ok" in received:
                 break
             try:
@@ -428,44 +368,6 @@ class YjsNodePeer:
             types={str(k): str(v) for k, v in reply["types"].items()},
             awareness={int(k): v for k, v in reply["awareness"].items()},
         )
-
-    # -- reading ------------------------------------------------------------------------
-    def _read_object(self, deadline: float, waiting_for: str) -> dict[str, Any]:
-        line = self._read_line(deadline, waiting_for)
-        try:
-            parsed = json.loads(line)
-        except ValueError as exc:
-            raise ForeignPeerError(f"{self.name} wrote {line!r}, not JSON") from exc
-        if not isinstance(parsed, dict):
-            raise ForeignPeerError(f"{self.name} wrote {line!r}, not a JSON object")
-        return parsed
-
-    def _read_line(self, deadline: float, waiting_for: str) -> str:
-        proc, selector = self._proc, self._selector
-        if proc is None or proc.stdout is None or selector is None:
-            raise ForeignPeerError(f"{self.name} has not started; call start() first")
-        while b"\n" not in self._buffer:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise TimeoutError(
-                    f"{self.name} did not send {waiting_for} in time{self._stderr_note()}"
-                )
-            if not selector.select(remaining):
-                continue
-            chunk = os.read(proc.stdout.fileno(), 65536)
-            if not chunk:
-                code = proc.wait(timeout=STOP_GRACE_S)
-                raise ForeignPeerError(
-                    f"{self.name} exited (code {code}) before sending {waiting_for}"
-                    f"{self._stderr_note()}"
-                )
-            self._buffer += chunk
-        line, self._buffer = self._buffer.split(b"\n", 1)
-        return line.decode("utf-8", "replace")
-
-    def _stderr_note(self) -> str:
-        tail = self.stderr_tail().strip()
-        return f"; its stderr ends with:\n{tail}" if tail else ""
 
 
 def _b64encode(data: bytes) -> str:
