@@ -64,7 +64,6 @@ class Sync:
         self._tg: anyio.abc.TaskGroup | None = None
         self._dialing: set[tuple[bytes, PeerId]] = set()
         self._not_serving: set[tuple[bytes, PeerId]] = set()
-        self._pending_files: dict[bytes, RoomFile] = {}
         self._opening: dict[bytes, anyio.Lock] = {}
 
     @property
@@ -136,11 +135,14 @@ class Sync:
         member_ids = [PeerId.from_string(m) if isinstance(m, str) else m for m in members]
         limits = self.config.room_limits
         if create is not True and self._store is not None and self._store.exists(rid):
-            return await self._start(name, self._restore(rid, pinned, rules))
-        if create is True:
-            room = Room.create(self._identity, rid, closed=closed, members=member_ids,
+            return await self._start(name, *self._restore(rid, pinned, rules))
+
+        def new_room() -> Room:
+            return Room.create(self._identity, rid, closed=closed, members=member_ids,
                                rules=rules, limits=limits)
-            return await self._start(name, room)
+
+        if create is True:
+            return await self._start(name, new_room())
         driver = await self._start(name, Room.join(self._identity, rid, owner=pinned, rules=rules,
                                                    limits=limits))
         timeout = self.config.join_timeout_s if join_timeout_s is None else join_timeout_s
@@ -153,11 +155,10 @@ class Sync:
                 "connect to a member first, or create the room"
             )
         logger.info("room %s: no member found in %.1f s; creating it", name, timeout)
-        room = Room.create(self._identity, rid, closed=closed, members=member_ids, rules=rules,
-                           limits=limits)
-        return await self._start(name, room)
+        return await self._start(name, new_room())
 
-    def _restore(self, rid: bytes, pinned: PeerId | None, rules: Mapping[str, WriteRule]) -> Room:
+    def _restore(self, rid: bytes, pinned: PeerId | None, rules: Mapping[str, WriteRule]
+                 ) -> tuple[Room, RoomFile]:
         if self._store is None:  # pragma: no cover - checked by the caller
             raise AssertionError("unreachable: restoring needs a store")
         path = self._store.path_for(rid)
@@ -171,14 +172,15 @@ class Sync:
         except (DecodeError, LatticaError):
             file.close()
             raise
-        self._pending_files[rid] = file
-        return room
+        return room, file
 
-    async def _start(self, name: str, room: Room) -> RoomDriver:
+    async def _start(self, name: str, room: Room, file: RoomFile | None = None) -> RoomDriver:
+        """Run ``room`` (with ``file``, the room's file it was restored from)."""
         tg = self._tg
         if tg is None:
+            if file is not None:
+                file.close()
             raise LocalProtocolError("room sync is not running on this node")
-        file = self._pending_files.pop(room.room_id, None)
         driver = RoomDriver(name, room, self.config, store=self._store, file=file,
                             relink=lambda peer: self._link(driver, peer))
         if file is None and room.descriptor is not None and self._store is not None:
